@@ -1,0 +1,1 @@
+"""Data: synthetic faces, TFRecord shards, datasets and protocols, the grain input pipeline."""

@@ -1,0 +1,144 @@
+"""Image decoding and augmentation on uint8 HWC numpy arrays (host side, per image).
+
+Every random choice takes an explicit ``np.random.Generator`` so the pipeline is
+deterministic for a seed. Normalisation to [-1, 1] (InsightFace's ``(x - 127.5) / 127.5``)
+is `normalize_images`, usable on numpy arrays on the host or on jax arrays inside a jitted
+step (cheaper to ship uint8 to the device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+CHANNEL_AUGS = ("none", "red", "random_channel")
+
+
+class ImageDecodeError(ValueError):
+  """An image that cannot be decoded; the message names the sample."""
+
+
+def decode_image(data: bytes, *, channels: int = 3,
+                 size: tuple[int, int] | None = None) -> np.ndarray:
+  """Decodes JPEG/PNG/BMP bytes to uint8 [H, W, channels].
+
+  The format is sniffed from the bytes, not trusted from metadata (CASIA NIR-VIS 2.0's lists
+  say .bmp for files that are .jpg and vice versa). Single-band images become 3 identical
+  channels when ``channels == 3``; colour images become luminance when ``channels == 1``.
+  ``size`` = (height, width) resizes (bilinear) when the stored crop differs.
+  """
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
+  if data[:2] == b"\xff\xd8":
+    colorspace = "GRAY" if channels == 1 else "RGB"
+    img = simplejpeg.decode_jpeg(data, colorspace=colorspace)
+  else:
+    with Image.open(io.BytesIO(data)) as pil:
+      img = np.asarray(pil.convert("L" if channels == 1 or pil.mode in ("L", "I;16", "I") else
+                                   "RGB"))
+  if img.ndim == 2:
+    img = img[:, :, None]
+  if img.shape[2] != channels:
+    img = np.repeat(img, channels, axis=2) if img.shape[2] == 1 else img[:, :, :channels]
+  if size is not None and tuple(img.shape[:2]) != tuple(size):
+    img = resize(img, size)
+  return np.ascontiguousarray(img)
+
+
+def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize of uint8 [H, W, C] to (height, width)."""
+  h, w = size
+  if img.shape[2] == 1:
+    out = Image.fromarray(img[:, :, 0]).resize((w, h), Image.BILINEAR)
+    return np.asarray(out)[:, :, None]
+  return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Training-time augmentation. Order: flip, channel augmentation, random erasing.
+
+  ``channel_aug``:
+    "red": with probability ``channel_aug_p`` replace RGB by [R, R, R] (the Rethinking paper's
+      red-channel augmentation; its official code uses p = 0.5);
+    "random_channel": draw k in {0, 1, 2, 3}, replicate channel k for k < 3, keep for k = 3.
+  Random erasing (Zhong et al.) fills a rectangle of area fraction ``erasing_area`` and
+  aspect ratio ``erasing_ratio`` (log-uniform) with uniform noise, with probability
+  ``erasing_p``.
+  """
+  hflip: bool = True
+  channel_aug: str = "none"
+  channel_aug_p: float = 0.5
+  erasing_p: float = 0.0
+  erasing_area: tuple[float, float] = (0.02, 0.4)
+  erasing_ratio: tuple[float, float] = (0.3, 3.3)
+
+  def __post_init__(self):
+    if self.channel_aug not in CHANNEL_AUGS:
+      raise ValueError(f"channel_aug must be one of {CHANNEL_AUGS}, got {self.channel_aug!r}")
+    for name in ("channel_aug_p", "erasing_p"):
+      v = getattr(self, name)
+      if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any] | None) -> "AugmentConfig":
+    d = dict(d or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+      raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}; known: "
+                       f"{sorted(known)}")
+    for k in ("erasing_area", "erasing_ratio"):
+      if k in d:
+        d[k] = tuple(d[k])
+    return cls(**d)
+
+
+def red_channel(img: np.ndarray) -> np.ndarray:
+  """x' = [R, R, R]."""
+  return np.repeat(img[:, :, :1], img.shape[2], axis=2)
+
+
+def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+  """Applies ``cfg`` to one uint8 [H, W, C] image."""
+  if cfg.hflip and rng.random() < 0.5:
+    img = img[:, ::-1]
+  if img.shape[2] == 3:
+    if cfg.channel_aug == "red":
+      if rng.random() < cfg.channel_aug_p:
+        img = red_channel(img)
+    elif cfg.channel_aug == "random_channel":
+      k = int(rng.integers(4))
+      if k < 3:
+        img = np.repeat(img[:, :, k:k + 1], 3, axis=2)
+  if cfg.erasing_p > 0 and rng.random() < cfg.erasing_p:
+    img = random_erase(img, rng, cfg.erasing_area, cfg.erasing_ratio)
+  return np.ascontiguousarray(img)
+
+
+def random_erase(img: np.ndarray, rng: np.random.Generator,
+                 area: tuple[float, float] = (0.02, 0.4),
+                 ratio: tuple[float, float] = (0.3, 3.3)) -> np.ndarray:
+  """Fills one random rectangle with uniform noise (tries a few shapes, like torchvision)."""
+  h, w, c = img.shape
+  for _ in range(10):
+    target = rng.uniform(*area) * h * w
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    eh, ew = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+    if 0 < eh < h and 0 < ew < w:
+      y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
+      img = img.copy()
+      img[y:y + eh, x:x + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
+      return img
+  return img
+
+
+def normalize_images(images):
+  """uint8 [0, 255] -> float32 [-1, 1]; works on numpy and jax arrays."""
+  return (images.astype("float32") - 127.5) / 127.5

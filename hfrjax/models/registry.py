@@ -1,0 +1,52 @@
+"""Backbone registry: build a flax module from a config string.
+
+Configs and CLIs name backbones (``"ir50"``, ``"lightcnn29v2"``); the registry maps those
+names to factories so that nothing else needs to import model classes directly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_model(name: str) -> Callable[[F], F]:
+    """Decorator registering a factory (function or module class) under ``name``."""
+
+    def decorator(factory: F) -> F:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Instantiate the backbone registered as ``name`` with ``kwargs`` (e.g. ``dtype``,
+    ``embedding_dim``, ``input_size``)."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
+    return factory(**kwargs)
+
+
+def list_models() -> list[str]:
+    """Sorted names of all registered backbones."""
+    return sorted(_REGISTRY)
+
+
+def dummy_input(model: nn.Module, batch_size: int = 1) -> jnp.ndarray:
+    """A zero NHWC batch of the shape ``model`` expects (for ``init`` / ``eval_shape``).
+
+    Every backbone here exposes ``input_size`` and ``in_channels`` attributes.
+    """
+    size = model.input_size
+    return jnp.zeros((batch_size, size, size, model.in_channels), jnp.float32)
