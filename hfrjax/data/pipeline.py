@@ -319,7 +319,7 @@ class _Process:
     # Skip-and-count: substitute the next readable record of the same identity and modality so
     # that batch shapes and balance stay intact; deterministic for a fixed set of bad records.
     r = self._source.records
-    tfrecord.CORRUPTION_STATS.add(r.shard_paths[int(r.shard[row])])
+    tfrecord.CORRUPTION_STATS.add(r.shard_paths[int(r.shard[row])], int(r.record[row]))
     logging.warning("skipping corrupt record %s", self._source.describe(row))
     same = np.nonzero((self._labels == self._labels[row]) &
                       (self._modality == self._modality[row]))[0]

@@ -289,32 +289,33 @@ def write_shards(samples: Iterable[Sample], out_dir: str | os.PathLike, prefix: 
 
 
 class CorruptionStats:
-  """Thread-safe counts of records skipped because they were corrupt, per shard file.
+  """Thread-safe record of the corrupt records skipped, per shard file.
 
   Readers in ``on_corrupt="skip"`` mode add to `CORRUPTION_STATS` (process-local); the input
-  pipeline and the training loop report the total.
+  pipeline and the training loop report the total. A record met again (next epoch) is
+  counted once.
   """
 
   def __init__(self):
     self._lock = threading.Lock()
-    self._counts: collections.Counter[str] = collections.Counter()
+    self._bad: dict[str, set[int]] = collections.defaultdict(set)
 
-  def add(self, path: str | os.PathLike, n: int = 1) -> None:
+  def add(self, path: str | os.PathLike, record: int) -> None:
     with self._lock:
-      self._counts[str(path)] += n
+      self._bad[str(path)].add(int(record))
 
   @property
   def total(self) -> int:
     with self._lock:
-      return sum(self._counts.values())
+      return sum(len(v) for v in self._bad.values())
 
   def by_file(self) -> dict[str, int]:
     with self._lock:
-      return dict(self._counts)
+      return {p: len(v) for p, v in self._bad.items()}
 
   def reset(self) -> None:
     with self._lock:
-      self._counts.clear()
+      self._bad.clear()
 
   def report(self) -> str:
     counts = self.by_file()
@@ -393,7 +394,7 @@ class TFRecordReader:
       except CorruptRecordError as e:
         if self._on_corrupt == "raise":
           raise
-        self._stats.add(self.path)
+        self._stats.add(self.path, self.record)
         nxt = e.next_offset or self._next_offset_after(self.record)
         if nxt is None:
           logging.warning("%s; no index sidecar to resynchronise, dropping the rest of "
