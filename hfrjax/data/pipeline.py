@@ -157,7 +157,8 @@ class InputConfig:
   """Everything that decides the stream of training batches."""
   data_dir: str
   batch_size: int  # Global batch size (all processes together).
-  keys: tuple[str, ...] | None = None  # Restrict to these sample keys (e.g. a fold's train).
+  keys: tuple[str, ...] | None = None  # Restrict to these sample keys.
+  fold: int | None = None  # Restrict to the training keys of this protocol fold (1-based).
   modalities: tuple[str, ...] | None = None  # Restrict to these modalities.
   image_size: tuple[int, int] | None = None  # Resize to (H, W) if the stored crop differs.
   channels: int = 3
@@ -389,13 +390,19 @@ class TrainInput:
 def _select(dataset: Dataset, cfg: InputConfig) -> tuple[RecordTable, np.ndarray]:
   records = dataset.records
   rows = np.arange(len(records))
-  if cfg.keys is not None:
+  keys = cfg.keys
+  if cfg.fold is not None:
+    if keys is not None:
+      raise ValueError("give either input.keys or input.fold, not both")
+    from hfrjax.data.protocol import Protocol
+    keys = Protocol.load(dataset.directory).fold(cfg.fold).train_keys
+  if keys is not None:
     pos = {k: i for i, k in enumerate(records.key)}
-    missing = [k for k in cfg.keys if k not in pos]
+    missing = [k for k in keys if k not in pos]
     if missing:
       raise ValueError(f"{len(missing)} requested key(s) are not in {dataset.directory}, "
                        f"e.g. {missing[:5]}")
-    rows = np.asarray([pos[k] for k in cfg.keys], np.int64)
+    rows = np.asarray([pos[k] for k in keys], np.int64)
   if cfg.modalities is not None:
     bad = set(cfg.modalities) - set(tfrecord.MODALITIES)
     if bad:

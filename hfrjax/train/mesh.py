@@ -1,0 +1,36 @@
+"""Device mesh and shardings. One code path for 1 CPU, 8 fake CPU devices, a GPU or a TPU slice.
+
+The mesh has a ``data`` axis (batch sharding) and a ``model`` axis (class-sharded
+classifiers). Batches are sharded over ``data``; parameters are replicated unless a recipe
+shards them.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+
+def make_mesh(data: int = -1, model: int = 1) -> Mesh:
+  """A (data, model) mesh over all devices; ``data=-1`` takes what ``model`` leaves."""
+  n = jax.device_count()
+  if data == -1:
+    if n % model:
+      raise ValueError(f"{n} devices cannot be split into model={model} groups")
+    data = n // model
+  if data * model != n:
+    raise ValueError(f"mesh data={data} x model={model} != {n} devices")
+  # Auto axes: the compiler propagates shardings from the annotated inputs and outputs.
+  return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS),
+                       axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
