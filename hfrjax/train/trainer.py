@@ -163,7 +163,7 @@ def _evaluate(config, backbone, state, mesh, step: int, writer) -> dict | None:
       batch_size=int(ev.get("batch_size", 64)), fars=tuple(ev.get("fars", (1e-3, 1e-2))),
       image_size=config.input.get("image_size", None),
       channels=int(config.input.get("channels", 3)), flip_fuse=bool(ev.get("flip", False)))
-  flat = {f"eval/{k}": v["mean"] for k, v in results["aggregate"].items()}
+  flat = {f"eval/{k}": v for k, v in results["mean"].items()}
   writer.write(step, flat)
   say(f"eval at step {step} ({time.perf_counter() - t:.1f} s): "
       + ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
@@ -282,7 +282,7 @@ def train(config: Any, workdir: str, *,
     eval_results = _evaluate(config, backbone, state, mesh, step, writer)
     metrics = None
     if eval_results and (config.get("eval", {}) or {}).get("best_metric"):
-      metrics = {k: v["mean"] for k, v in eval_results["aggregate"].items()}
+      metrics = dict(eval_results["mean"])
     ckpt.save(step, state, train_input.iterator, meta=meta, metrics=metrics, force=True)
   ckpt.close()
   writer.close()
