@@ -29,10 +29,14 @@ _INDEX = re.compile(r"^(.*)_(\d+)$")
 
 
 def to_numpy(tensor: Any) -> np.ndarray:
-    """torch tensor / jax array / numpy array -> float32 numpy array (no torch import)."""
+    """torch tensor / jax array / numpy array -> float32 numpy *copy* (no torch import).
+
+    The copy matters: ``Tensor.numpy()`` shares memory, and a torch model that keeps
+    training (BN running stats update in place) would otherwise change converted weights.
+    """
     if hasattr(tensor, "detach"):
         tensor = tensor.detach().cpu().float().numpy()
-    return np.asarray(tensor, dtype=np.float32)
+    return np.array(tensor, dtype=np.float32, copy=True)
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:

@@ -1,0 +1,154 @@
+"""MobileFaceNet, InsightFace ``arcface_torch`` variant (``get_mbf``: blocks (1, 4, 6, 2),
+scale 2, 512-d embedding).
+
+Structure: conv3x3/2 stem -> grouped conv3x3 -> three down-sampling depthwise-separable
+bottlenecks (1x1 expand + PReLU, depthwise 3x3/2 + PReLU, linear 1x1 projection), each
+followed by a stack of residual bottlenecks -> 1x1 conv to 512 -> GDC head (depthwise conv
+over the whole final map, i.e. 7x7 at 112 input; BN; flatten; linear without bias; BN).
+Every conv is bias-free and followed by BatchNorm (eps 1e-5, torch momentum 0.1).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+from hfrjax.models.layers import BatchNorm, Dtype, PReLU, torch_padding
+from hfrjax.models.registry import register_model
+
+# kaiming_normal_(mode='fan_out', nonlinearity='relu'), as arcface_torch initialises.
+_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class ConvBlock(nn.Module):
+    """conv (no bias) -> BN -> PReLU; ``linear=True`` drops the PReLU (LinearBlock)."""
+
+    features: int
+    kernel: int | tuple[int, int] = 1
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    linear: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        kernel = (self.kernel, self.kernel) if isinstance(self.kernel, int) else tuple(self.kernel)
+        x = nn.Conv(
+            self.features, kernel, strides=self.stride, padding=torch_padding(self.padding),
+            feature_group_count=self.groups, use_bias=False, dtype=self.dtype,
+            param_dtype=self.param_dtype, kernel_init=_kaiming_fan_out, name="conv",
+        )(x)
+        x = BatchNorm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x)
+        if not self.linear:
+            x = PReLU(param_dtype=self.param_dtype, name="prelu")(x)
+        return x
+
+
+class DepthWise(nn.Module):
+    """Depthwise-separable bottleneck: 1x1 to ``groups`` channels, depthwise 3x3 (stride),
+    linear 1x1 to ``features``; identity shortcut when ``residual``."""
+
+    features: int
+    groups: int
+    stride: int = 1
+    residual: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        block = functools.partial(ConvBlock, dtype=self.dtype, param_dtype=self.param_dtype)
+        y = block(self.groups, 1, name="expand")(x, train)
+        y = block(self.groups, 3, stride=self.stride, padding=1, groups=self.groups, name="dw")(y, train)
+        y = block(self.features, 1, linear=True, name="project")(y, train)
+        return x + y if self.residual else y
+
+
+class MobileFaceNet(nn.Module):
+    """MobileFaceNet backbone (NHWC input, float32 ``embedding_dim`` output).
+
+    ``scale`` is arcface_torch's channel multiplier (stage widths 64*scale and 128*scale);
+    ``width_mult`` additionally scales *every* channel and group count (including the
+    hard-coded 64/128/256/512 expansion widths) so tests can build tiny variants.
+    ``input_size`` must be a multiple of 16; the GDC kernel covers the final
+    ``input_size / 16`` square map. The 1x1 conv + GDC head run in float32 (as arcface_torch
+    runs them outside fp16 autocast).
+    """
+
+    blocks: Sequence[int] = (1, 4, 6, 2)
+    scale: int = 2
+    width_mult: float = 1.0
+    embedding_dim: int = 512
+    input_size: int = 112
+    in_channels: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _w(self, channels: int) -> int:
+        return max(1, int(round(channels * self.width_mult)))
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        chex.assert_shape(x, (None, self.input_size, self.input_size, self.in_channels))
+        if self.input_size % 16:
+            raise ValueError(f"input_size must be a multiple of 16, got {self.input_size}")
+        w = self._w
+        c1, c2 = w(64 * self.scale), w(128 * self.scale)
+        block = functools.partial(ConvBlock, dtype=self.dtype, param_dtype=self.param_dtype)
+        dw = functools.partial(DepthWise, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def residual_stack(x, channels, groups, n, name):
+            for i in range(n):
+                x = dw(channels, groups, residual=True, name=f"{name}_{i}")(x, train)
+            return x
+
+        x = x.astype(self.dtype)
+        x = block(c1, 3, stride=2, padding=1, name="stem")(x, train)
+        if self.blocks[0] == 1:
+            x = block(c1, 3, padding=1, groups=w(64), name="stem_dw")(x, train)
+        else:
+            x = residual_stack(x, c1, w(128), self.blocks[0], "stage0")
+        x = dw(c1, w(128), stride=2, name="down1")(x, train)
+        x = residual_stack(x, c1, w(128), self.blocks[1], "stage1")
+        x = dw(c2, w(256), stride=2, name="down2")(x, train)
+        x = residual_stack(x, c2, w(256), self.blocks[2], "stage2")
+        x = dw(c2, w(512), stride=2, name="down3")(x, train)
+        x = residual_stack(x, c2, w(256), self.blocks[3], "stage3")
+
+        head = functools.partial(ConvBlock, dtype=jnp.float32, param_dtype=self.param_dtype)
+        x = head(w(512), 1, name="conv_sep")(x.astype(jnp.float32), train)
+        # GDC: depthwise conv whose kernel spans the whole final map -> 1x1.
+        x = head(w(512), x.shape[1:3], groups=w(512), linear=True, name="gdc")(x, train)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(
+            self.embedding_dim, use_bias=False, param_dtype=self.param_dtype,
+            kernel_init=_kaiming_fan_out, name="fc",
+        )(x)
+        x = BatchNorm(use_running_average=not train, param_dtype=self.param_dtype, name="features")(x)
+        return x.astype(jnp.float32)
+
+
+@register_model("mobilefacenet")
+def mobilefacenet(
+    *,
+    blocks: Sequence[int] = (1, 4, 6, 2),
+    scale: int = 2,
+    width_mult: float = 1.0,
+    embedding_dim: int = 512,
+    input_size: int = 112,
+    in_channels: int = 3,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+) -> MobileFaceNet:
+    """InsightFace MobileFaceNet (``get_mbf`` defaults; ``blocks=(2, 8, 12, 4), scale=4``
+    gives ``get_mbf_large``)."""
+    return MobileFaceNet(
+        blocks=tuple(blocks), scale=scale, width_mult=width_mult, embedding_dim=embedding_dim,
+        input_size=input_size, in_channels=in_channels, dtype=dtype, param_dtype=param_dtype,
+    )
