@@ -108,7 +108,7 @@ def encode_example(sample: Sample) -> bytes:
   f["identity"].bytes_list.value.append(sample.identity.encode())
   f["key"].bytes_list.value.append(sample.key.encode())
   f["dataset"].bytes_list.value.append(sample.dataset.encode())
-  return ex.SerializeToString()
+  return ex.SerializeToString(deterministic=True)  # Map order fixed: byte-identical shards.
 
 
 def decode_example(data: bytes) -> Sample:

@@ -150,7 +150,7 @@ class TrainResult:
   resumed_from: int | None
 
 
-def _evaluate(config, backbone, state, mesh, step: int, writer) -> dict | None:
+def _evaluate(config, backbone, state, mesh, step: int, writer, workdir: Path) -> dict | None:
   ev = config.get("eval", None)
   if not ev or not ev.get("data_dir"):
     return None
@@ -163,6 +163,11 @@ def _evaluate(config, backbone, state, mesh, step: int, writer) -> dict | None:
       batch_size=int(ev.get("batch_size", 64)), fars=tuple(ev.get("fars", (1e-3, 1e-2))),
       image_size=config.input.get("image_size", None),
       channels=int(config.input.get("channels", 3)), flip_fuse=bool(ev.get("flip", False)))
+  results["step"] = step
+  if jax.process_index() == 0:
+    tmp = workdir / "eval.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(workdir / "eval.json")
   flat = {f"eval/{k}": v for k, v in results["mean"].items()}
   writer.write(step, flat)
   say(f"eval at step {step} ({time.perf_counter() - t:.1f} s): "
@@ -266,7 +271,7 @@ def train(config: Any, workdir: str, *,
         writer.write(step, last)
         say(progress.line(step, last))
       if eval_every and step % eval_every == 0 and step < total_steps:
-        eval_results = _evaluate(config, backbone, state, mesh, step, writer)
+        eval_results = _evaluate(config, backbone, state, mesh, step, writer, workdir_p)
       if guard.should_stop(step):
         ckpt.save(step, state, train_input.iterator, meta=meta, force=True)
         ckpt.wait()
@@ -279,7 +284,7 @@ def train(config: Any, workdir: str, *,
   if tfrecord.CORRUPTION_STATS.total:
     logging.warning("input: %s", tfrecord.CORRUPTION_STATS.report())
   if start is None or start < total_steps:
-    eval_results = _evaluate(config, backbone, state, mesh, step, writer)
+    eval_results = _evaluate(config, backbone, state, mesh, step, writer, workdir_p)
     metrics = None
     if eval_results and (config.get("eval", {}) or {}).get("best_metric"):
       metrics = dict(eval_results["mean"])
