@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
   sub = ap.add_subparsers(dest="command", required=True)
   s = sub.add_parser("synth", help="generate the synthetic NIR-VIS face sets")
   s.add_argument("--out", required=True, help="output directory")
-  s.add_argument("--preset", default="quickstart", choices=["quickstart", "small", "large"])
+  s.add_argument("--preset", default="quickstart", choices=["tiny", "quickstart", "small", "large"])
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   s.set_defaults(fn=_synth)

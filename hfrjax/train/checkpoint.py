@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import flax
 import grain
 import jax
 import numpy as np
@@ -82,19 +83,27 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))["meta"] or {})
 
   def _check_fits(self, step: int, template: Any) -> None:
-    """Raises CheckpointMismatchError listing every array that is missing or mis-shaped."""
-    stored = self._mngr.item_metadata(step)["state"]
+    """Raises CheckpointMismatchError listing every model array missing or mis-shaped.
+
+    Compares the model's ``params`` and ``batch_stats`` (plain nested dicts on both sides)
+    with the checkpoint's metadata, so the error names the layers at fault instead of
+    surfacing as an opaque restore failure.
+    """
+    stored = _as_tree(self._mngr.item_metadata(step)["state"])
     if stored is None:
       return
-    want = {jax.tree_util.keystr(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(template)}
-    have = {jax.tree_util.keystr(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(_as_tree(stored))
-            if hasattr(x, "shape")}
-    problems = [f"{k}: checkpoint {have[k]} vs model {want[k]}"
-                for k in want if k in have and have[k] != want[k]]
-    problems += [f"{k}: missing in checkpoint" for k in want if k not in have]
-    problems += [f"{k}: in checkpoint, not in model" for k in have if k not in want]
+    template = flax.serialization.to_state_dict(template)
+    problems = []
+    for part in ("params", "batch_stats"):
+      want = {jax.tree_util.keystr(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_leaves_with_path(template.get(part, {}))}
+      have = {jax.tree_util.keystr(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_leaves_with_path(stored.get(part, {}) or {})
+              if hasattr(x, "shape")}
+      problems += [f"{part}{k}: checkpoint {have[k]} vs model {want[k]}"
+                   for k in want if k in have and have[k] != want[k]]
+      problems += [f"{part}{k}: missing in checkpoint" for k in want if k not in have]
+      problems += [f"{part}{k}: in checkpoint, not in model" for k in have if k not in want]
     if problems:
       raise CheckpointMismatchError(
           f"checkpoint {self.directory / str(step)} does not fit the model "

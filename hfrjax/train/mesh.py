@@ -14,9 +14,10 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
 
-def make_mesh(data: int = -1, model: int = 1) -> Mesh:
-  """A (data, model) mesh over all devices; ``data=-1`` takes what ``model`` leaves."""
-  n = jax.device_count()
+def make_mesh(data: int = -1, model: int = 1, *, devices=None) -> Mesh:
+  """A (data, model) mesh over ``devices`` (default: all); ``data=-1`` takes what ``model``
+  leaves."""
+  n = len(devices) if devices is not None else jax.device_count()
   if data == -1:
     if n % model:
       raise ValueError(f"{n} devices cannot be split into model={model} groups")
@@ -25,7 +26,7 @@ def make_mesh(data: int = -1, model: int = 1) -> Mesh:
     raise ValueError(f"mesh data={data} x model={model} != {n} devices")
   # Auto axes: the compiler propagates shardings from the annotated inputs and outputs.
   return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS),
-                       axis_types=(AxisType.Auto, AxisType.Auto))
+                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
