@@ -30,6 +30,8 @@ _FOLDS = flags.DEFINE_integer("folds", 10, "fine-tune and evaluate folds 1..N")
 _PRESET = flags.DEFINE_string("preset", "quickstart", "synthetic data preset")
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", None, "override (tests use 1)")
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", None, "override (tests use 1)")
+_SET_PRE = flags.DEFINE_list("set_pretrain", [], "config overrides, e.g. input.batch_size=16")
+_SET_FT = flags.DEFINE_list("set_finetune", [], "config overrides, e.g. schedule.lr=0.02")
 flags.mark_flag_as_required("workdir")
 
 METRICS = ("TAR@FAR=1e-3", "TAR@FAR=1e-2", "Rank-1")
@@ -43,6 +45,21 @@ def _load_config(stage: str):
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
   from configs import quickstart as qs
   return qs.get_config(stage)
+
+
+def _apply_overrides(config, items: list[str]):
+  """``dotted.key=value`` strings (values parsed as Python literals) onto ``config``."""
+  import ast
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"override {item!r} is not of the form key=value")
+    try:
+      parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed = value
+    config.update_from_flattened_dict({key: parsed})
+  return config
 
 
 def _write_json(path: Path, obj) -> None:
@@ -78,6 +95,7 @@ def main(argv):
   pre.input.data_dir = str(data / "source")
   if _PRETRAIN_EPOCHS.value:
     pre.num_epochs = _PRETRAIN_EPOCHS.value
+  _apply_overrides(pre, _SET_PRE.value)
   pre_result = trainer.train(pre, str(work / "pretrain"))
 
   zero_path = work / "zero_shot.json"
@@ -104,6 +122,7 @@ def main(argv):
     ft.eval.folds = [k]
     if _FINETUNE_EPOCHS.value:
       ft.num_epochs = _FINETUNE_EPOCHS.value
+    _apply_overrides(ft, _SET_FT.value)
     fold_dir = work / "finetune" / f"fold_{k}"
     if not (fold_dir / "eval.json").exists():
       _say(f"  fold {k}")
