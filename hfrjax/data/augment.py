@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -125,37 +126,52 @@ def red_channel(img: np.ndarray) -> np.ndarray:
 
 
 def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-  """Applies ``cfg`` to one uint8 [H, W, C] image."""
+  """Applies ``cfg`` to one uint8 [H, W, C] image; returns a new contiguous array.
+
+  Flips and channel replication are views; the single copy is made at the end, and erasing
+  then writes into that copy.
+  """
   if cfg.hflip and rng.random() < 0.5:
     img = img[:, ::-1]
   if img.shape[2] == 3:
+    k = 3
     if cfg.channel_aug == "red":
-      if rng.random() < cfg.channel_aug_p:
-        img = red_channel(img)
+      k = 0 if rng.random() < cfg.channel_aug_p else 3
     elif cfg.channel_aug == "random_channel":
       k = int(rng.integers(4))
-      if k < 3:
-        img = np.repeat(img[:, :, k:k + 1], 3, axis=2)
+    if k < 3:
+      img = np.broadcast_to(img[:, :, k:k + 1], img.shape)
+  img = np.array(img, order="C", copy=True)
   if cfg.erasing_p > 0 and rng.random() < cfg.erasing_p:
-    img = random_erase(img, rng, cfg.erasing_area, cfg.erasing_ratio)
-  return np.ascontiguousarray(img)
+    erase_in_place(img, rng, cfg.erasing_area, cfg.erasing_ratio)
+  return img
+
+
+def erase_in_place(img: np.ndarray, rng: np.random.Generator,
+                   area: tuple[float, float] = (0.02, 0.4),
+                   ratio: tuple[float, float] = (0.3, 3.3)) -> bool:
+  """Fills one random rectangle of ``img`` with uniform noise (a few shape tries, like
+  torchvision's RandomErasing); returns whether it erased."""
+  h, w, c = img.shape
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  for _ in range(10):
+    target = rng.uniform(*area) * h * w
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+    if 0 < eh < h and 0 < ew < w:
+      y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
+      img[y:y + eh, x:x + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
+      return True
+  return False
 
 
 def random_erase(img: np.ndarray, rng: np.random.Generator,
                  area: tuple[float, float] = (0.02, 0.4),
                  ratio: tuple[float, float] = (0.3, 3.3)) -> np.ndarray:
-  """Fills one random rectangle with uniform noise (tries a few shapes, like torchvision)."""
-  h, w, c = img.shape
-  for _ in range(10):
-    target = rng.uniform(*area) * h * w
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    eh, ew = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
-    if 0 < eh < h and 0 < ew < w:
-      y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
-      img = img.copy()
-      img[y:y + eh, x:x + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
-      return img
-  return img
+  """A copy of ``img`` with one random rectangle of uniform noise."""
+  out = np.array(img, order="C", copy=True)
+  erase_in_place(out, rng, area, ratio)
+  return out
 
 
 def normalize_images(images):
