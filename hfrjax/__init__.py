@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 
 def load_embedder(path):
-  """Loads an exported inference checkpoint; see hfrjax.train.export.load_embedder."""
-  from hfrjax.train.export import load_embedder as _load
-  return _load(path)
+    """Loads an exported inference checkpoint; see hfrjax.train.export.load_embedder."""
+    from hfrjax.train.export import load_embedder as _load
+
+    return _load(path)

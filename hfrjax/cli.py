@@ -1,7 +1,7 @@
 """The ``hfrjax`` command: data tools. Training lives in ``launch/`` (absl + ml_collections).
 
-  hfrjax synth --out DIR [--preset quickstart|small|large] [--seed 0] [--workers N]
-  hfrjax info DIR          # what a dataset directory holds
+hfrjax synth --out DIR [--preset quickstart|small|large] [--seed 0] [--workers N]
+hfrjax info DIR          # what a dataset directory holds
 """
 
 from __future__ import annotations
@@ -13,50 +13,57 @@ import time
 
 
 def _synth(args: argparse.Namespace) -> int:
-  from hfrjax.data import synthetic
-  t = time.perf_counter()
-  summary = synthetic.generate(args.out, preset=args.preset, seed=args.seed,
-                               workers=args.workers)
-  print(json.dumps(summary, indent=1, default=str))
-  print(f"wrote {args.out} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-  return 0
+    from hfrjax.data import synthetic
+
+    t = time.perf_counter()
+    summary = synthetic.generate(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
+    print(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {args.out} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-  from hfrjax.data.dataset import Dataset
-  from hfrjax.data.protocol import Protocol
-  ds = Dataset.open(args.dir)
-  i = ds.info
-  print(f"{i.name}: {i.num_images} images, {i.num_classes} identities, "
-        f"{len(i.shards)} shards, {i.image_size[0]}x{i.image_size[1]} {i.image_format}")
-  print("  per modality: " + ", ".join(f"{m} {n}" for m, n in i.modalities.items()))
-  try:
-    p = Protocol.load(args.dir)
-  except FileNotFoundError:
-    return 0
-  f = p.fold(1)
-  print(f"  protocol {p.name}: {p.num_folds} folds; fold 1: "
+    from hfrjax.data.dataset import Dataset
+    from hfrjax.data.protocol import Protocol
+
+    ds = Dataset.open(args.dir)
+    i = ds.info
+    print(
+        f"{i.name}: {i.num_images} images, {i.num_classes} identities, "
+        f"{len(i.shards)} shards, {i.image_size[0]}x{i.image_size[1]} {i.image_format}"
+    )
+    print("  per modality: " + ", ".join(f"{m} {n}" for m, n in i.modalities.items()))
+    try:
+        p = Protocol.load(args.dir)
+    except FileNotFoundError:
+        return 0
+    f = p.fold(1)
+    print(
+        f"  protocol {p.name}: {p.num_folds} folds; fold 1: "
         + ", ".join(f"{m} train {len(k)}" for m, k in f.train.items())
         + f", {p.gallery_modality} gallery {len(f.gallery)}, "
-          f"{p.probe_modality} probes {len(f.probe)}")
-  return 0
+        f"{p.probe_modality} probes {len(f.probe)}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="hfrjax", description=__doc__.splitlines()[0])
-  sub = ap.add_subparsers(dest="command", required=True)
-  s = sub.add_parser("synth", help="generate the synthetic NIR-VIS face sets")
-  s.add_argument("--out", required=True, help="output directory")
-  s.add_argument("--preset", default="quickstart", choices=["tiny", "quickstart", "small", "large"])
-  s.add_argument("--seed", type=int, default=0)
-  s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-  s.set_defaults(fn=_synth)
-  s = sub.add_parser("info", help="describe a dataset directory")
-  s.add_argument("dir")
-  s.set_defaults(fn=_info)
-  args = ap.parse_args(argv)
-  return args.fn(args)
+    ap = argparse.ArgumentParser(prog="hfrjax", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("synth", help="generate the synthetic NIR-VIS face sets")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument(
+        "--preset", default="quickstart", choices=["tiny", "quickstart", "small", "large"]
+    )
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.set_defaults(fn=_synth)
+    s = sub.add_parser("info", help="describe a dataset directory")
+    s.add_argument("dir")
+    s.set_defaults(fn=_info)
+    args = ap.parse_args(argv)
+    return args.fn(args)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -30,33 +30,43 @@ flags.mark_flags_as_required(["model", "data_dir"])
 
 
 def load_model(path: str):
-  """An Embedder from an export directory or from a training workdir's latest checkpoint."""
-  from hfrjax.train import export, trainer
-  p = Path(path)
-  if (p / export.MODEL_JSON).exists():
-    return export.load_embedder(p)
-  with tempfile.TemporaryDirectory() as tmp:
-    return export.load_embedder(trainer.export_from_workdir(str(p), os.path.join(tmp, "e")))
+    """An Embedder from an export directory or from a training workdir's latest checkpoint."""
+    from hfrjax.train import export, trainer
+
+    p = Path(path)
+    if (p / export.MODEL_JSON).exists():
+        return export.load_embedder(p)
+    with tempfile.TemporaryDirectory() as tmp:
+        return export.load_embedder(trainer.export_from_workdir(str(p), os.path.join(tmp, "e")))
 
 
 def main(argv):
-  del argv
-  from hfrjax.eval import protocols
-  embedder = load_model(_MODEL.value)
-  results = protocols.evaluate_protocol(
-      embedder, _DATA.value, folds=[int(f) for f in _FOLDS.value] or None,
-      direction=_DIRECTION.value, batch_size=_BATCH.value,
-      fars=tuple(float(f) for f in _FARS.value),
-      image_size=(embedder.input_size, embedder.input_size), channels=embedder.channels,
-      flip_fuse=_FLIP.value)
-  out = Path(_OUT.value or _MODEL.value)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-  table = protocols.format_table(results)
-  (out / "eval.md").write_text(table, encoding="utf-8")
-  print(table)
-  print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    from hfrjax.train.cli_logging import quiet_unless_asked
+
+    quiet_unless_asked()
+    del argv
+    from hfrjax.eval import protocols
+
+    embedder = load_model(_MODEL.value)
+    results = protocols.evaluate_protocol(
+        embedder,
+        _DATA.value,
+        folds=[int(f) for f in _FOLDS.value] or None,
+        direction=_DIRECTION.value,
+        batch_size=_BATCH.value,
+        fars=tuple(float(f) for f in _FARS.value),
+        image_size=(embedder.input_size, embedder.input_size),
+        channels=embedder.channels,
+        flip_fuse=_FLIP.value,
+    )
+    out = Path(_OUT.value or _MODEL.value)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    table = protocols.format_table(results)
+    (out / "eval.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -16,10 +16,13 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv):
-  del argv
-  path = trainer.export_from_workdir(_WORKDIR.value, _OUT.value, step=_STEP.value)
-  print(f"exported {path}")
+    from hfrjax.train.cli_logging import quiet_unless_asked
+
+    quiet_unless_asked()
+    del argv
+    path = trainer.export_from_workdir(_WORKDIR.value, _OUT.value, step=_STEP.value)
+    print(f"exported {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

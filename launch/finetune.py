@@ -19,14 +19,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  distributed.maybe_initialize()
-  config = _CONFIG.value
-  if not config.get("init_from", ""):
-    raise app.UsageError("fine-tuning needs --config.init_from=PRETRAIN_WORKDIR_OR_EXPORT")
-  trainer.train(config, _WORKDIR.value)
+    from hfrjax.train.cli_logging import quiet_unless_asked
+
+    quiet_unless_asked()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    distributed.maybe_initialize()
+    config = _CONFIG.value
+    if not config.get("init_from", ""):
+        raise app.UsageError("fine-tuning needs --config.init_from=PRETRAIN_WORKDIR_OR_EXPORT")
+    trainer.train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -18,11 +18,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  distributed.maybe_initialize()
-  trainer.train(_CONFIG.value, _WORKDIR.value)
+    from hfrjax.train.cli_logging import quiet_unless_asked
+
+    quiet_unless_asked()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    distributed.maybe_initialize()
+    trainer.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -38,113 +38,133 @@ METRICS = ("TAR@FAR=1e-3", "TAR@FAR=1e-2", "Rank-1")
 
 
 def _say(msg: str) -> None:
-  print(msg, flush=True)
+    print(msg, flush=True)
 
 
 def _load_config(stage: str):
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-  from configs import quickstart as qs
-  return qs.get_config(stage)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs import quickstart as qs
+
+    return qs.get_config(stage)
 
 
 def _apply_overrides(config, items: list[str]):
-  """``dotted.key=value`` strings (values parsed as Python literals) onto ``config``."""
-  import ast
-  for item in items:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise app.UsageError(f"override {item!r} is not of the form key=value")
-    try:
-      parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      parsed = value
-    config.update_from_flattened_dict({key: parsed})
-  return config
+    """``dotted.key=value`` strings (values parsed as Python literals) onto ``config``."""
+    import ast
+
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise app.UsageError(f"override {item!r} is not of the form key=value")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        config.update_from_flattened_dict({key: parsed})
+    return config
 
 
 def _write_json(path: Path, obj) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main(argv):
-  del argv
-  import jax
-  from hfrjax.data import synthetic
-  from hfrjax.eval import metrics, protocols
-  from hfrjax.train import trainer
+    from hfrjax.train.cli_logging import quiet_unless_asked
 
-  t0 = time.perf_counter()
-  work = Path(_WORKDIR.value).absolute()
-  work.mkdir(parents=True, exist_ok=True)
-  # Fine-tuning folds share shapes: the persistent cache compiles their steps once.
-  jax.config.update("jax_compilation_cache_dir", str(work / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  data = work / "data"
-  if not (data / "synth.json").exists():
-    _say(f"[1/5] generating synthetic NIR-VIS faces ({_PRESET.value}) into {data}")
-    synthetic.generate(data, preset=_PRESET.value, seed=0)
-  else:
-    _say(f"[1/5] synthetic data present in {data}")
-  target = str(data / "target")
-  folds = list(range(1, _FOLDS.value + 1))
+    quiet_unless_asked()
+    del argv
+    import jax
 
-  _say("[2/5] pretraining on the VIS source set")
-  pre = _load_config("pretrain")
-  pre.input.data_dir = str(data / "source")
-  if _PRETRAIN_EPOCHS.value:
-    pre.num_epochs = _PRETRAIN_EPOCHS.value
-  _apply_overrides(pre, _SET_PRE.value)
-  pre_result = trainer.train(pre, str(work / "pretrain"))
+    from hfrjax.data import synthetic
+    from hfrjax.eval import metrics, protocols
+    from hfrjax.train import trainer
 
-  zero_path = work / "zero_shot.json"
-  if zero_path.exists():
-    zero = json.loads(zero_path.read_text())
-    _say(f"[3/5] zero-shot evaluation present in {zero_path}")
-  else:
-    _say(f"[3/5] zero-shot NIR->VIS evaluation on folds {folds[0]}..{folds[-1]}")
-    embed_fn = trainer.make_embed_fn(pre_result.backbone,
-                                     pre_result.state.params["backbone"],
-                                     pre_result.state.batch_stats, pre_result.mesh)
-    zero = protocols.evaluate_protocol(embed_fn, target, folds=folds, batch_size=128,
-                                       fars=(1e-3, 1e-2), image_size=tuple(pre.input.image_size))
-    _write_json(zero_path, zero)
+    t0 = time.perf_counter()
+    work = Path(_WORKDIR.value).absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    # Fine-tuning folds share shapes: the persistent cache compiles their steps once.
+    jax.config.update("jax_compilation_cache_dir", str(work / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    data = work / "data"
+    if not (data / "synth.json").exists():
+        _say(f"[1/5] generating synthetic NIR-VIS faces ({_PRESET.value}) into {data}")
+        synthetic.generate(data, preset=_PRESET.value, seed=0)
+    else:
+        _say(f"[1/5] synthetic data present in {data}")
+    target = str(data / "target")
+    folds = list(range(1, _FOLDS.value + 1))
 
-  _say("[4/5] fine-tuning on each fold's training split (MEC, frozen classifier)")
-  per_fold = []
-  for k in folds:
-    ft = _load_config("finetune")
-    ft.input.data_dir = target
-    ft.input.fold = k
-    ft.init_from = str(work / "pretrain")
-    ft.eval.data_dir = target
-    ft.eval.folds = [k]
-    if _FINETUNE_EPOCHS.value:
-      ft.num_epochs = _FINETUNE_EPOCHS.value
-    _apply_overrides(ft, _SET_FT.value)
-    fold_dir = work / "finetune" / f"fold_{k}"
-    if not (fold_dir / "eval.json").exists():
-      _say(f"  fold {k}")
-      trainer.train(ft, str(fold_dir))
-    per_fold += json.loads((fold_dir / "eval.json").read_text())["folds"]
-  mean, std = metrics.aggregate([f["metrics"] for f in per_fold])
-  tuned = dict(zero, folds=per_fold, mean=mean, std=std)
+    _say("[2/5] pretraining on the VIS source set")
+    pre = _load_config("pretrain")
+    pre.input.data_dir = str(data / "source")
+    if _PRETRAIN_EPOCHS.value:
+        pre.num_epochs = _PRETRAIN_EPOCHS.value
+    _apply_overrides(pre, _SET_PRE.value)
+    pre_result = trainer.train(pre, str(work / "pretrain"))
 
-  _say("[5/5] exporting the fold-1 fine-tuned backbone")
-  trainer.export_from_workdir(str(work / "finetune" / "fold_1"), str(work / "export"))
-  table = protocols.format_table({"zero-shot (VIS pretraining)": zero,
-                                  "fine-tuned (MEC, frozen classifier)": tuned},
-                                 metric_names=list(METRICS))
-  elapsed = time.perf_counter() - t0
-  _write_json(work / "results.json", {"zero_shot": zero, "fine_tuned": tuned,
-                                      "wall_seconds_this_run": elapsed})
-  header = (f"NIR->VIS on synthetic target set, {len(folds)} folds, mean ± std (%); "
-            f"this run took {elapsed:.0f} s\n\n")
-  (work / "results.md").write_text(header + table, encoding="utf-8")
-  _say("\n" + header + table)
-  _say(f"results: {work / 'results.json'}; exported embedder: {work / 'export'}")
+    zero_path = work / "zero_shot.json"
+    if zero_path.exists():
+        zero = json.loads(zero_path.read_text())
+        _say(f"[3/5] zero-shot evaluation present in {zero_path}")
+    else:
+        _say(f"[3/5] zero-shot NIR->VIS evaluation on folds {folds[0]}..{folds[-1]}")
+        embed_fn = trainer.make_embed_fn(
+            pre_result.backbone,
+            pre_result.state.params["backbone"],
+            pre_result.state.batch_stats,
+            pre_result.mesh,
+        )
+        zero = protocols.evaluate_protocol(
+            embed_fn,
+            target,
+            folds=folds,
+            batch_size=128,
+            fars=(1e-3, 1e-2),
+            image_size=tuple(pre.input.image_size),
+        )
+        _write_json(zero_path, zero)
+
+    _say("[4/5] fine-tuning on each fold's training split (MEC, frozen classifier)")
+    per_fold = []
+    for k in folds:
+        ft = _load_config("finetune")
+        ft.input.data_dir = target
+        ft.input.fold = k
+        ft.init_from = str(work / "pretrain")
+        ft.eval.data_dir = target
+        ft.eval.folds = [k]
+        if _FINETUNE_EPOCHS.value:
+            ft.num_epochs = _FINETUNE_EPOCHS.value
+        _apply_overrides(ft, _SET_FT.value)
+        fold_dir = work / "finetune" / f"fold_{k}"
+        if not (fold_dir / "eval.json").exists():
+            _say(f"  fold {k}")
+            trainer.train(ft, str(fold_dir))
+        per_fold += json.loads((fold_dir / "eval.json").read_text())["folds"]
+    mean, std = metrics.aggregate([f["metrics"] for f in per_fold])
+    tuned = dict(zero, folds=per_fold, mean=mean, std=std)
+
+    _say("[5/5] exporting the fold-1 fine-tuned backbone")
+    trainer.export_from_workdir(str(work / "finetune" / "fold_1"), str(work / "export"))
+    table = protocols.format_table(
+        {"zero-shot (VIS pretraining)": zero, "fine-tuned (MEC, frozen classifier)": tuned},
+        metric_names=list(METRICS),
+    )
+    elapsed = time.perf_counter() - t0
+    _write_json(
+        work / "results.json",
+        {"zero_shot": zero, "fine_tuned": tuned, "wall_seconds_this_run": elapsed},
+    )
+    header = (
+        f"NIR->VIS on synthetic target set, {len(folds)} folds, mean ± std (%); "
+        f"this run took {elapsed:.0f} s\n\n"
+    )
+    (work / "results.md").write_text(header + table, encoding="utf-8")
+    _say("\n" + header + table)
+    _say(f"results: {work / 'results.json'}; exported embedder: {work / 'export'}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -110,10 +110,16 @@ def test_batch_exercises_the_fallback_branch():
 def test_margin_loss_matches_numpy(name):
     s, m1, m2, m3 = CONFIGS[name]
     emb, weights, labels = make_batch()
-    loss, logits = margin_softmax_loss(emb, weights, labels, s=s, m1=m1, m2=m2, m3=m3, return_logits=True)
+    loss, logits = margin_softmax_loss(
+        emb, weights, labels, s=s, m1=m1, m2=m2, m3=m3, return_logits=True
+    )
     assert loss.dtype == jnp.float32 and logits.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(logits), np_logits(emb, weights, labels, s, m1, m2, m3), rtol=1e-5, atol=2e-4)
-    np.testing.assert_allclose(float(loss), np_loss(emb, weights, labels, s, m1, m2, m3), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(logits), np_logits(emb, weights, labels, s, m1, m2, m3), rtol=1e-5, atol=2e-4
+    )
+    np.testing.assert_allclose(
+        float(loss), np_loss(emb, weights, labels, s, m1, m2, m3), rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -152,7 +158,9 @@ def test_cosface_and_plain_logits():
 def test_presets():
     assert get_margin_preset("arcface").as_kwargs() == dict(s=64.0, m1=1.0, m2=0.5, m3=0.0)
     assert get_margin_preset("cosface").as_kwargs() == dict(s=64.0, m1=1.0, m2=0.0, m3=0.4)
-    assert get_margin_preset("rethinking_pretrain").as_kwargs() == dict(s=64.0, m1=1.0, m2=0.0, m3=0.4)
+    assert get_margin_preset("rethinking_pretrain").as_kwargs() == dict(
+        s=64.0, m1=1.0, m2=0.0, m3=0.4
+    )
     assert get_margin_preset("rethinking_finetune").m3 == 0.6
     assert get_margin_preset("rethinking_finetune_lightcnn").m3 == 0.8
     with pytest.raises(KeyError):
@@ -205,7 +213,9 @@ def test_margin_loss_gradient_matches_torch(name):
     if m2 > 0:
         sin = torch.sqrt(1.0 - target**2)
         cos_m = target * math.cos(m2) - sin * math.sin(m2)
-        target = torch.where(target > math.cos(math.pi - m2), cos_m, target - math.sin(math.pi - m2) * m2)
+        target = torch.where(
+            target > math.cos(math.pi - m2), cos_m, target - math.sin(math.pi - m2) * m2
+        )
     target = target - m3
     logits = cos.clone()
     logits[rows, y] = target
@@ -227,7 +237,8 @@ def test_gradients_finite_at_cos_plus_minus_one():
     @jax.jit
     def all_grads(c):  # one compilation for every config
         return {
-            name: jax.vmap(jax.grad(lambda x, m=cfg[1:]: margin_target(x, *m)))(c) for name, cfg in CONFIGS.items()
+            name: jax.vmap(jax.grad(lambda x, m=cfg[1:]: margin_target(x, *m)))(c)
+            for name, cfg in CONFIGS.items()
         }
 
     for name, grads in all_grads(cos).items():
@@ -246,7 +257,9 @@ def test_gradients_finite_at_cos_plus_minus_one():
 def test_bf16_inputs_give_float32_loss_close_to_f32():
     emb, weights, labels = make_batch(hard=False)
     ref = float(margin_softmax_loss(emb, weights, labels))
-    loss = margin_softmax_loss(jnp.asarray(emb, jnp.bfloat16), jnp.asarray(weights, jnp.bfloat16), labels)
+    loss = margin_softmax_loss(
+        jnp.asarray(emb, jnp.bfloat16), jnp.asarray(weights, jnp.bfloat16), labels
+    )
     assert loss.dtype == jnp.float32
     np.testing.assert_allclose(float(loss), ref, rtol=3e-2)
     loss_bf16_matmul = margin_softmax_loss(emb, weights, labels, matmul_dtype=jnp.bfloat16)
@@ -258,7 +271,9 @@ def test_large_scale_is_numerically_stable():
     emb, weights, labels = make_batch(hard=False)
     loss = margin_softmax_loss(emb, weights, labels, s=1e4, m2=0.5)
     assert np.isfinite(float(loss))
-    np.testing.assert_allclose(float(loss), np_loss(emb, weights, labels, 1e4, 1.0, 0.5, 0.0), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(loss), np_loss(emb, weights, labels, 1e4, 1.0, 0.5, 0.0), rtol=1e-4
+    )
 
 
 def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit():
@@ -297,7 +312,9 @@ def test_ml2_regularizer_matches_numpy():
     w = rng.normal(size=(3, 7)).astype(np.float32)
     b = rng.normal(size=(3,)).astype(np.float32)
     f64, w64 = f.astype(np.float64), w.astype(np.float64)
-    expected = np.mean([np.sum((w64 @ f64[i]) ** 2) for i in range(5)])  # |W^T f|^2, W as [D, C] in the paper
+    expected = np.mean(
+        [np.sum((w64 @ f64[i]) ** 2) for i in range(5)]
+    )  # |W^T f|^2, W as [D, C] in the paper
     np.testing.assert_allclose(float(ml2_regularizer(f, w)), expected, rtol=1e-5)
     expected_b = np.mean([np.sum((w64 @ f64[i] + b) ** 2) for i in range(5)])
     np.testing.assert_allclose(float(ml2_regularizer(f, w, b)), expected_b, rtol=1e-5)
@@ -309,7 +326,9 @@ def test_l2_sp_regularizer_matches_numpy():
     rng = np.random.default_rng(1)
     params = {"a": rng.normal(size=(3, 4)), "b": {"c": rng.normal(size=(5,))}}
     anchor = jax.tree.map(lambda x: x + rng.normal(size=x.shape), params)
-    expected = sum(np.sum((p - a) ** 2) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor)))
+    expected = sum(
+        np.sum((p - a) ** 2) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor))
+    )
     np.testing.assert_allclose(float(l2_sp_regularizer(params, anchor)), expected, rtol=1e-5)
 
 
@@ -347,14 +366,17 @@ def test_frozen_classifier_is_bit_identical_after_updates():
         cos = NormalizedClassifier(6).apply({"params": p["head"]}, x @ p["backbone"]["kernel"])
         return margin_softmax_loss_from_cosine(cos, labels, s=64.0, m1=1.0, m2=0.0, m3=0.6)
 
-    tx = freeze(optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9)), ["head"])
+    tx = freeze(
+        optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9)), ["head"]
+    )
     state = tx.init(params)
     step = jax.jit(lambda p, s: _sgd_step(tx, loss_fn, p, s))
     for _ in range(3):
         params, state = step(params, state)
 
     np.testing.assert_array_equal(
-        np.asarray(params["head"]["weight"]).view(np.uint32), before["head"]["weight"].view(np.uint32)
+        np.asarray(params["head"]["weight"]).view(np.uint32),
+        before["head"]["weight"].view(np.uint32),
     )
     assert not np.allclose(np.asarray(params["backbone"]["kernel"]), before["backbone"]["kernel"])
     # The gradient itself is non-zero: freezing happens in the optimizer, not by accident.
@@ -369,9 +391,13 @@ def _sgd_step(tx, loss_fn, params, state):
 
 def test_freeze_labels_paths_and_typos():
     params = {"backbone": {"conv": {"kernel": 1.0}}, "head": {"weight": 2.0}}
-    assert freeze_labels(params, ["head"]) == {"backbone": {"conv": {"kernel": "trainable"}}, "head": {"weight": "frozen"}}
+    assert freeze_labels(params, ["head"]) == {
+        "backbone": {"conv": {"kernel": "trainable"}},
+        "head": {"weight": "frozen"},
+    }
     assert freeze_labels(params, "backbone/conv") == {
-        "backbone": {"conv": {"kernel": "frozen"}}, "head": {"weight": "trainable"}
+        "backbone": {"conv": {"kernel": "frozen"}},
+        "head": {"weight": "trainable"},
     }
     assert freeze_labels(params, lambda path: path[-1] == "weight")["head"]["weight"] == "frozen"
     with pytest.raises(ValueError, match="matches no parameter"):
@@ -382,6 +408,10 @@ def test_rows_initializer_builds_a_classifier_from_rows():
     rows = np.random.default_rng(4).normal(size=(5, 3)).astype(np.float32)
     head = NormalizedClassifier(5, weight_init=rows_initializer(rows))
     params = head.init(jax.random.key(0), jnp.zeros((1, 3)))
-    np.testing.assert_allclose(np.asarray(params["params"]["weight"]), np_normalize(rows), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(params["params"]["weight"]), np_normalize(rows), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="shape"):
-        NormalizedClassifier(4, weight_init=rows_initializer(rows)).init(jax.random.key(0), jnp.zeros((1, 3)))
+        NormalizedClassifier(4, weight_init=rows_initializer(rows)).init(
+            jax.random.key(0), jnp.zeros((1, 3))
+        )

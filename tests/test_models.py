@@ -37,7 +37,9 @@ needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 TINY = {
     "iresnet": dict(layers=(1, 2, 1, 1), base_width=8, embedding_dim=16, input_size=32),
     "mobilefacenet": dict(blocks=(1, 2, 2, 1), width_mult=0.125, embedding_dim=16, input_size=32),
-    "lightcnn29v2": dict(layers=(1, 2, 1, 1), channels=(8, 12, 16, 8, 8), embedding_dim=16, input_size=32),
+    "lightcnn29v2": dict(
+        layers=(1, 2, 1, 1), channels=(8, 12, 16, 8, 8), embedding_dim=16, input_size=32
+    ),
 }
 TINY["ir18"] = dict(base_width=8, embedding_dim=16, input_size=32)
 TINY["ir34"] = TINY["ir50"] = TINY["ir100"] = TINY["ir18"]
@@ -48,7 +50,9 @@ def n_params(variables) -> int:
 
 
 def abstract_init(model):
-    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model))
+    return jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model)
+    )
 
 
 def fast_init(model, seed=0):
@@ -149,13 +153,21 @@ def test_tiny_forward_shapes(name):
 
 @pytest.mark.parametrize(
     "name, shape",
-    [("ir18", (2, 512)), ("ir34", (2, 512)), ("ir50", (2, 512)), ("ir100", (2, 512)),
-     ("mobilefacenet", (2, 512)), ("lightcnn29v2", (2, 256))],
+    [
+        ("ir18", (2, 512)),
+        ("ir34", (2, 512)),
+        ("ir50", (2, 512)),
+        ("ir100", (2, 512)),
+        ("mobilefacenet", (2, 512)),
+        ("lightcnn29v2", (2, 256)),
+    ],
 )
 def test_full_size_output_shapes(name, shape):
     model = get_model(name)
     variables = abstract_init(model)
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, dummy_input(model, 2))
+    out = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False), variables, dummy_input(model, 2)
+    )
     assert out.shape == shape and out.dtype == jnp.float32
     assert model.input_size == (128 if name == "lightcnn29v2" else 112)
 
@@ -163,7 +175,9 @@ def test_full_size_output_shapes(name, shape):
 def test_wrong_input_shape_is_rejected():
     model = iresnet(**TINY["iresnet"])
     with pytest.raises(AssertionError):
-        jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
+        jax.eval_shape(
+            functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 48, 48, 3))
+        )
 
 
 # ---------------------------------------------------------------- BN train vs eval
@@ -177,7 +191,9 @@ def test_train_and_eval_batchnorm_differ(name):
     eval_out = jit_apply(model, False)(variables, x)
     train_out, updates = jit_apply(model, True)(variables, x)
     assert not np.allclose(eval_out, train_out, atol=1e-3)
-    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), variables["batch_stats"], updates["batch_stats"])
+    moved = jax.tree.map(
+        lambda a, b: not np.allclose(a, b), variables["batch_stats"], updates["batch_stats"]
+    )
     assert all(jax.tree.leaves(moved))
     # Eval mode is deterministic and leaves the running statistics alone.
     np.testing.assert_array_equal(jit_apply(model, False)(variables, x), eval_out)
@@ -186,8 +202,14 @@ def test_train_and_eval_batchnorm_differ(name):
 def test_dropout_is_active_only_in_training():
     model = iresnet(**TINY["iresnet"], dropout=0.4)
     variables, x = fast_init(model), tiny_input(model)
-    train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})[0])
-    assert not np.allclose(train(variables, x, jax.random.key(1)), train(variables, x, jax.random.key(2)))
+    train = jax.jit(
+        lambda v, x, key: model.apply(
+            v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+        )[0]
+    )
+    assert not np.allclose(
+        train(variables, x, jax.random.key(1)), train(variables, x, jax.random.key(2))
+    )
 
 
 # ----------------------------------------------------------------------------- bf16
@@ -246,7 +268,9 @@ def test_mobilefacenet_param_count_matches_torch_reference():
 def test_iresnet_matches_torch_reference():
     cfg = TINY["iresnet"]
     torch.manual_seed(0)
-    ref = randomize_torch(TorchIResNet(cfg["layers"], cfg["base_width"], cfg["embedding_dim"], cfg["input_size"]))
+    ref = randomize_torch(
+        TorchIResNet(cfg["layers"], cfg["base_width"], cfg["embedding_dim"], cfg["input_size"])
+    )
     # Checkpoints saved from DataParallel carry a "module." prefix.
     state_dict = {f"module.{k}": v for k, v in ref.state_dict().items()}
     assert iresnet_config_from_torch_state_dict(state_dict) == dict(cfg, in_channels=3)
@@ -268,14 +292,18 @@ def test_iresnet_matches_torch_reference():
     np.testing.assert_allclose(np.asarray(out_train), expected_train, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
         np.asarray(updates["batch_stats"]["layer2_1"]["bn2"]["mean"]),
-        ref.layer2[1].bn2.running_mean.numpy(), rtol=1e-4, atol=1e-5,
+        ref.layer2[1].bn2.running_mean.numpy(),
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 
 @needs_torch
 def test_iresnet_converter_rejects_mismatched_state_dict():
     cfg = TINY["iresnet"]
-    sd = TorchIResNet(cfg["layers"], cfg["base_width"], cfg["embedding_dim"], cfg["input_size"]).state_dict()
+    sd = TorchIResNet(
+        cfg["layers"], cfg["base_width"], cfg["embedding_dim"], cfg["input_size"]
+    ).state_dict()
     bad = dict(sd)
     del bad["layer3.0.conv1.weight"]
     with pytest.raises(ValueError, match="missing torch key 'layer3.0.conv1.weight'"):
@@ -293,7 +321,9 @@ if torch is not None:
         def __init__(self, cin, cout, k=3, s=1, p=1, linear=False):
             super().__init__()
             self.cout = cout
-            self.filter = tnn.Linear(cin, 2 * cout) if linear else tnn.Conv2d(cin, 2 * cout, k, s, p)
+            self.filter = (
+                tnn.Linear(cin, 2 * cout) if linear else tnn.Conv2d(cin, 2 * cout, k, s, p)
+            )
 
         def forward(self, x):
             a, b = torch.split(self.filter(x), self.cout, 1)
@@ -320,7 +350,13 @@ if torch is not None:
     class TorchLightCNN29v2(tnn.Module):
         """Official network_29layers_v2 layout, written from its description."""
 
-        def __init__(self, layers=(1, 2, 3, 4), channels=(48, 96, 192, 128, 128), num_classes=100, input_size=128):
+        def __init__(
+            self,
+            layers=(1, 2, 3, 4),
+            channels=(48, 96, 192, 128, 128),
+            num_classes=100,
+            input_size=128,
+        ):
             super().__init__()
             self.conv1 = TorchMFM(1, channels[0], 5, 1, 2)
             for s in range(4):
@@ -349,11 +385,21 @@ if torch is not None:
 def test_lightcnn_matches_torch_reference():
     cfg = TINY["lightcnn29v2"]
     torch.manual_seed(0)
-    ref = TorchLightCNN29v2(cfg["layers"], cfg["channels"], num_classes=7, input_size=cfg["input_size"]).eval()
+    ref = TorchLightCNN29v2(
+        cfg["layers"], cfg["channels"], num_classes=7, input_size=cfg["input_size"]
+    ).eval()
     state_dict = {f"module.{k}": v for k, v in ref.state_dict().items()}
     config = lightcnn_config_from_torch_state_dict(state_dict)
-    assert config == dict(layers=(1, 2, 1, 1), channels=(8, 12, 16, 8, 8), embedding_dim=256, input_size=32, in_channels=1)
-    variables, classifier = lightcnn_params_from_torch_state_dict(state_dict, return_classifier=True)
+    assert config == dict(
+        layers=(1, 2, 1, 1),
+        channels=(8, 12, 16, 8, 8),
+        embedding_dim=256,
+        input_size=32,
+        in_channels=1,
+    )
+    variables, classifier = lightcnn_params_from_torch_state_dict(
+        state_dict, return_classifier=True
+    )
     np.testing.assert_array_equal(classifier, ref.fc2.weight.detach().numpy())
 
     x = np.random.default_rng(0).uniform(size=(3, 32, 32, 1)).astype(np.float32)
@@ -368,10 +414,14 @@ def test_lightcnn_full_size_state_dict_converts():
     """Official-size checkpoint layout (8x8x128 flatten, fc2 classifier) converts cleanly."""
     with torch.no_grad():
         ref = TorchLightCNN29v2(num_classes=10)
-    variables = lightcnn_params_from_torch_state_dict({f"module.{k}": v for k, v in ref.state_dict().items()})
+    variables = lightcnn_params_from_torch_state_dict(
+        {f"module.{k}": v for k, v in ref.state_dict().items()}
+    )
     assert n_params(variables) == 10_475_872
     fc = variables["params"]["fc"]["kernel"]
     assert fc.shape == (8 * 8 * 128, 256)
     # flax row (h, w, c) <- torch column c*64 + h*8 + w
     h, w, c = 2, 5, 7
-    np.testing.assert_array_equal(fc[(h * 8 + w) * 128 + c], ref.fc.weight.detach().numpy()[:, c * 64 + h * 8 + w])
+    np.testing.assert_array_equal(
+        fc[(h * 8 + w) * 128 + c], ref.fc.weight.detach().numpy()[:, c * 64 + h * 8 + w]
+    )

@@ -14,31 +14,40 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(work):
-  cmd = [sys.executable, str(REPO / "launch" / "quickstart.py"), f"--workdir={work}",
-         "--preset=tiny", "--folds=2", "--pretrain_epochs=2", "--finetune_epochs=1",
-         "--set_pretrain=input.batch_size=16", "--set_finetune=input.batch_size=8"]
-  out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
-                       text=True, timeout=600)
-  assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-  return out.stdout
+    cmd = [
+        sys.executable,
+        str(REPO / "launch" / "quickstart.py"),
+        f"--workdir={work}",
+        "--preset=tiny",
+        "--folds=2",
+        "--pretrain_epochs=2",
+        "--finetune_epochs=1",
+        "--set_pretrain=input.batch_size=16",
+        "--set_finetune=input.batch_size=8",
+    ]
+    out = subprocess.run(
+        cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return out.stdout
 
 
 def test_quickstart_tiny_end_to_end_and_resume(tmp_path):
-  first = _run(tmp_path)
-  assert "zero-shot (VIS pretraining)" in first and "fine-tuned (MEC" in first
-  results = json.loads((tmp_path / "results.json").read_text())
-  for part in ("zero_shot", "fine_tuned"):
-    assert [f["fold"] for f in results[part]["folds"]] == [1, 2]
-    for name in ("TAR@FAR=1e-3", "TAR@FAR=1e-2", "Rank-1"):
-      assert 0.0 <= results[part]["mean"][name] <= 1.0
-  assert (tmp_path / "results.md").read_text().count("|") > 10
-  assert (tmp_path / "pretrain" / "checkpoints").is_dir()
-  embedder = hfrjax.load_embedder(tmp_path / "export")
-  x = np.zeros((2, embedder.input_size, embedder.input_size, 3), np.uint8)
-  assert embedder(x).shape[0] == 2
-  # A second run resumes: nothing is trained again, the same numbers come out.
-  second = _run(tmp_path)
-  assert "synthetic data present" in second and "zero-shot evaluation present" in second
-  assert "train step" not in second
-  again = json.loads((tmp_path / "results.json").read_text())
-  assert again["fine_tuned"]["mean"] == results["fine_tuned"]["mean"]
+    first = _run(tmp_path)
+    assert "zero-shot (VIS pretraining)" in first and "fine-tuned (MEC" in first
+    results = json.loads((tmp_path / "results.json").read_text())
+    for part in ("zero_shot", "fine_tuned"):
+        assert [f["fold"] for f in results[part]["folds"]] == [1, 2]
+        for name in ("TAR@FAR=1e-3", "TAR@FAR=1e-2", "Rank-1"):
+            assert 0.0 <= results[part]["mean"][name] <= 1.0
+    assert (tmp_path / "results.md").read_text().count("|") > 10
+    assert (tmp_path / "pretrain" / "checkpoints").is_dir()
+    embedder = hfrjax.load_embedder(tmp_path / "export")
+    x = np.zeros((2, embedder.input_size, embedder.input_size, 3), np.uint8)
+    assert embedder(x).shape[0] == 2
+    # A second run resumes: nothing is trained again, the same numbers come out.
+    second = _run(tmp_path)
+    assert "synthetic data present" in second and "zero-shot evaluation present" in second
+    assert "train step" not in second
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["fine_tuned"]["mean"] == results["fine_tuned"]["mean"]

@@ -9,154 +9,169 @@ import textwrap
 import time
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import write_tiny_dataset
 
 from hfrjax.data.dataset import Dataset
 from hfrjax.train import checkpoint as ckpt_lib
 from hfrjax.train import reporting, trainer
 from hfrjax.train.export import load_embedder
 
-from conftest import write_tiny_dataset
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(data_dir, **over) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_epochs = 2
-  c.total_steps = 0
-  c.input = dict(data_dir=str(data_dir), batch_size=8, num_threads=1, seed=1,
-                 augment=dict(hflip=True, channel_aug="red", erasing_p=0.3))
-  c.model = dict(name="iresnet", kwargs=dict(layers=[1, 1, 1, 1], base_width=4,
-                                             input_size=16, embedding_dim=16))
-  c.compute_dtype = "float32"
-  c.margin = dict(preset="cosface")
-  c.head = dict(init="random", freeze=False)
-  c.init_from = ""
-  c.optimizer = dict(name="sgd", momentum=0.9, weight_decay=5e-4)
-  c.schedule = dict(name="piecewise", lr=0.05, boundaries_epochs=[1], factor=0.1)
-  c.log_every = 1
-  c.checkpoint_every = 3
-  c.keep_checkpoints = 10
-  c.tensorboard = False
-  c.eval = dict(data_dir="", folds=None, every_epochs=0, batch_size=8, best_metric="")
-  c.mesh = dict(data=-1, model=1)
-  c.update_from_flattened_dict(over)
-  return c
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_epochs = 2
+    c.total_steps = 0
+    c.input = dict(
+        data_dir=str(data_dir),
+        batch_size=8,
+        num_threads=1,
+        seed=1,
+        augment=dict(hflip=True, channel_aug="red", erasing_p=0.3),
+    )
+    c.model = dict(
+        name="iresnet",
+        kwargs=dict(layers=[1, 1, 1, 1], base_width=4, input_size=16, embedding_dim=16),
+    )
+    c.compute_dtype = "float32"
+    c.margin = dict(preset="cosface")
+    c.head = dict(init="random", freeze=False)
+    c.init_from = ""
+    c.optimizer = dict(name="sgd", momentum=0.9, weight_decay=5e-4)
+    c.schedule = dict(name="piecewise", lr=0.05, boundaries_epochs=[1], factor=0.1)
+    c.log_every = 1
+    c.checkpoint_every = 3
+    c.keep_checkpoints = 10
+    c.tensorboard = False
+    c.eval = dict(data_dir="", folds=None, every_epochs=0, batch_size=8, best_metric="")
+    c.mesh = dict(data=-1, model=1)
+    c.update_from_flattened_dict(over)
+    return c
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  d = tmp_path_factory.mktemp("data") / "tiny"
-  write_tiny_dataset(d, num_ids=6, per_modality=4, size=16)
-  return d
+    d = tmp_path_factory.mktemp("data") / "tiny"
+    write_tiny_dataset(d, num_ids=6, per_modality=4, size=16)
+    return d
 
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-  """An uninterrupted run: 12 steps, checkpoints every 3."""
-  work = tmp_path_factory.mktemp("run_a")
-  result = trainer.train(tiny_config(data), str(work))
-  return work, result
+    """An uninterrupted run: 12 steps, checkpoints every 3."""
+    work = tmp_path_factory.mktemp("run_a")
+    result = trainer.train(tiny_config(data), str(work))
+    return work, result
 
 
 def _losses(workdir):
-  out = {}
-  for row in reporting.read_metrics(workdir):
-    if "loss" in row:
-      out[row["step"]] = row["loss"]  # Later lines (after a resume) win.
-  return out
+    out = {}
+    for row in reporting.read_metrics(workdir):
+        if "loss" in row:
+            out[row["step"]] = row["loss"]  # Later lines (after a resume) win.
+    return out
 
 
 def test_run_writes_logs_and_checkpoints(trained):
-  work, result = trained
-  losses = _losses(work)
-  assert sorted(losses) == list(range(1, 13))
-  assert all(np.isfinite(v) for v in losses.values())
-  assert ckpt_lib.Checkpointer(work / "checkpoints").all_steps() == [3, 6, 9, 12]
-  assert int(result.state.step) == 12
+    work, result = trained
+    losses = _losses(work)
+    assert sorted(losses) == list(range(1, 13))
+    assert all(np.isfinite(v) for v in losses.values())
+    assert ckpt_lib.Checkpointer(work / "checkpoints").all_steps() == [3, 6, 9, 12]
+    assert int(result.state.step) == 12
 
 
 def test_resume_after_kill_gives_the_same_losses(data, trained, tmp_path):
-  work_a, _ = trained
-  work = tmp_path / "b"
-  trainer.train(tiny_config(data), str(work))
-  # Emulate a kill after step ~8: only the checkpoint of step 6 survived.
-  import shutil
-  for step in (9, 12):
-    shutil.rmtree(work / "checkpoints" / str(step))
-  result = trainer.train(tiny_config(data), str(work))
-  assert result.resumed_from == 6
-  want, got = _losses(work_a), _losses(work)
-  for s in range(7, 13):
-    np.testing.assert_allclose(got[s], want[s], rtol=1e-6, err_msg=f"step {s}")
+    work_a, _ = trained
+    work = tmp_path / "b"
+    trainer.train(tiny_config(data), str(work))
+    # Emulate a kill after step ~8: only the checkpoint of step 6 survived.
+    import shutil
+
+    for step in (9, 12):
+        shutil.rmtree(work / "checkpoints" / str(step))
+    result = trainer.train(tiny_config(data), str(work))
+    assert result.resumed_from == 6
+    want, got = _losses(work_a), _losses(work)
+    for s in range(7, 13):
+        np.testing.assert_allclose(got[s], want[s], rtol=1e-6, err_msg=f"step {s}")
 
 
 def test_export_embeds_like_the_training_state(data, trained, tmp_path):
-  work, result = trained
-  out = trainer.export_from_workdir(str(work), str(tmp_path / "export"))
-  embedder = load_embedder(out)
-  assert json.loads((out / "model.json").read_text())["model"]["name"] == "iresnet"
-  images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-  want = trainer.make_embed_fn(result.backbone, result.state.params["backbone"],
-                               result.state.batch_stats, result.mesh)(images)
-  np.testing.assert_allclose(embedder(images), want, atol=1e-6)
-  np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, rtol=1e-5)
-  with pytest.raises(ValueError, match=r"shape \[N, 16, 16, 3\]"):
-    embedder(images[:, :8])
+    work, result = trained
+    out = trainer.export_from_workdir(str(work), str(tmp_path / "export"))
+    embedder = load_embedder(out)
+    assert json.loads((out / "model.json").read_text())["model"]["name"] == "iresnet"
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    want = trainer.make_embed_fn(
+        result.backbone, result.state.params["backbone"], result.state.batch_stats, result.mesh
+    )(images)
+    np.testing.assert_allclose(embedder(images), want, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"shape \[N, 16, 16, 3\]"):
+        embedder(images[:, :8])
 
 
 def test_mec_head_is_class_means_and_stays_frozen(data, trained, tmp_path):
-  work, _ = trained
-  export = trainer.export_from_workdir(str(work), str(tmp_path / "export"))
-  cfg = tiny_config(data, **{"init_from": str(export), "head.init": "class_means",
-                             "head.freeze": True, "head.class_means_flip": True,
-                             "input.fold": None})
-  cfg.input.keys = None
-  result = trainer.train(cfg, str(tmp_path / "ft"))
-  # Independent computation: float64 numpy mean of flip-fused normalised embeddings.
-  emb = load_embedder(export)
-  ds = Dataset.open(data)
-  from hfrjax.data.pipeline import iter_eval_batches
-  feats, labels = [], []
-  for b in iter_eval_batches(ds, list(ds.records.key), 8):
-    e = emb(b["image"]).astype(np.float64) + emb(b["image"][:, :, ::-1]).astype(np.float64)
-    feats.append(e[b["valid"]])
-    labels.append(b["label"][b["valid"]])
-  feats, labels = np.concatenate(feats), np.concatenate(labels)
-  feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-  rows = np.stack([feats[labels == c].mean(0) for c in range(6)])
-  rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-  head = np.asarray(result.state.params["head"]["weight"])
-  np.testing.assert_allclose(head, rows, atol=2e-5)
-  # The backbone did train.
-  before = emb.params["conv1"]["kernel"]
-  after = np.asarray(result.state.params["backbone"]["conv1"]["kernel"])
-  assert not np.allclose(before, after)
+    work, _ = trained
+    export = trainer.export_from_workdir(str(work), str(tmp_path / "export"))
+    cfg = tiny_config(
+        data,
+        **{
+            "init_from": str(export),
+            "head.init": "class_means",
+            "head.freeze": True,
+            "head.class_means_flip": True,
+            "input.fold": None,
+        },
+    )
+    cfg.input.keys = None
+    result = trainer.train(cfg, str(tmp_path / "ft"))
+    # Independent computation: float64 numpy mean of flip-fused normalised embeddings.
+    emb = load_embedder(export)
+    ds = Dataset.open(data)
+    from hfrjax.data.pipeline import iter_eval_batches
+
+    feats, labels = [], []
+    for b in iter_eval_batches(ds, list(ds.records.key), 8):
+        e = emb(b["image"]).astype(np.float64) + emb(b["image"][:, :, ::-1]).astype(np.float64)
+        feats.append(e[b["valid"]])
+        labels.append(b["label"][b["valid"]])
+    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    rows = np.stack([feats[labels == c].mean(0) for c in range(6)])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    head = np.asarray(result.state.params["head"]["weight"])
+    np.testing.assert_allclose(head, rows, atol=2e-5)
+    # The backbone did train.
+    before = emb.params["conv1"]["kernel"]
+    after = np.asarray(result.state.params["backbone"]["conv1"]["kernel"])
+    assert not np.allclose(before, after)
 
 
 def test_nan_loss_is_an_error_naming_the_step(data, tmp_path):
-  cfg = tiny_config(data, **{"schedule.lr": 1e38, "optimizer.momentum": 0.0})
-  with pytest.raises(trainer.NonFiniteLossError, match=r"at step \d+"):
-    trainer.train(cfg, str(tmp_path / "nan"))
+    cfg = tiny_config(data, **{"schedule.lr": 1e38, "optimizer.momentum": 0.0})
+    with pytest.raises(trainer.NonFiniteLossError, match=r"at step \d+"):
+        trainer.train(cfg, str(tmp_path / "nan"))
 
 
 def test_checkpoint_that_does_not_fit_the_model(data, trained):
-  work, _ = trained
-  cfg = tiny_config(data, **{"model.kwargs.embedding_dim": 24})
-  with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"does not fit.*fc.*kernel"):
-    trainer.train(cfg, str(work))
+    work, _ = trained
+    cfg = tiny_config(data, **{"model.kwargs.embedding_dim": 24})
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"does not fit.*fc.*kernel"):
+        trainer.train(cfg, str(work))
 
 
 def test_config_typos_are_errors(data, tmp_path):
-  with pytest.raises(ValueError, match="unknown margin option"):
-    trainer.train(tiny_config(data, **{"margin.mm": 0.5}), str(tmp_path / "x"))
-  with pytest.raises(ValueError, match="head.init"):
-    trainer.train(tiny_config(data, **{"head.init": "means"}), str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="unknown margin option"):
+        trainer.train(tiny_config(data, **{"margin.mm": 0.5}), str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="head.init"):
+        trainer.train(tiny_config(data, **{"head.init": "means"}), str(tmp_path / "y"))
 
 
 _SHARDED = textwrap.dedent("""
@@ -198,34 +213,46 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_train_step_on_8_devices_equals_single_device():
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True,
-                       text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "OK" in out.stdout
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
 
 
 def test_sigterm_saves_a_checkpoint(data, tmp_path):
-  cfg_file = tmp_path / "cfg.py"
-  cfg_file.write_text(textwrap.dedent(f"""
+    cfg_file = tmp_path / "cfg.py"
+    cfg_file.write_text(
+        textwrap.dedent(f"""
       import sys
-      sys.path.insert(0, {str(REPO / 'tests')!r})
+      sys.path.insert(0, {str(REPO / "tests")!r})
       from test_train import tiny_config
       def get_config():
         return tiny_config({str(data)!r}, num_epochs=100000, checkpoint_every=100000)
-  """))
-  work = tmp_path / "w"
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "pretrain.py"),
-                           f"--config={cfg_file}", f"--workdir={work}"], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and len(reporting.read_metrics(work)) < 3:
-    time.sleep(0.2)
-  assert len(reporting.read_metrics(work)) >= 3, "training did not start"
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 143, out[-3000:]
-  steps = ckpt_lib.Checkpointer(work / "checkpoints").all_steps()
-  assert len(steps) == 1 and steps[0] >= 3
-  assert "pre-empted: saved step" in out
+  """)
+    )
+    work = tmp_path / "w"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "launch" / "pretrain.py"),
+            f"--config={cfg_file}",
+            f"--workdir={work}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(reporting.read_metrics(work)) < 3:
+        time.sleep(0.2)
+    assert len(reporting.read_metrics(work)) >= 3, "training did not start"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    steps = ckpt_lib.Checkpointer(work / "checkpoints").all_steps()
+    assert len(steps) == 1 and steps[0] >= 3
+    assert "pre-empted: saved step" in out

@@ -18,162 +18,172 @@ import simplejpeg
 from PIL import Image
 
 try:  # libspng decodes PNG ~1.7x faster than Pillow; Pillow remains the fallback.
-  import pyspng
+    import pyspng
 except ImportError:  # pragma: no cover
-  pyspng = None
+    pyspng = None
 
 CHANNEL_AUGS = ("none", "red", "random_channel")
 
 
 class ImageDecodeError(ValueError):
-  """An image that cannot be decoded; the message names the sample."""
+    """An image that cannot be decoded; the message names the sample."""
 
 
-def decode_image(data: bytes, *, channels: int = 3,
-                 size: tuple[int, int] | None = None) -> np.ndarray:
-  """Decodes JPEG/PNG/BMP bytes to uint8 [H, W, channels].
+def decode_image(
+    data: bytes, *, channels: int = 3, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decodes JPEG/PNG/BMP bytes to uint8 [H, W, channels].
 
-  The format is sniffed from the bytes, not trusted from metadata (CASIA NIR-VIS 2.0's lists
-  say .bmp for files that are .jpg and vice versa). Single-band images become 3 identical
-  channels when ``channels == 3``; colour images become luminance when ``channels == 1``.
-  ``size`` = (height, width) resizes (bilinear) when the stored crop differs.
-  """
-  if channels not in (1, 3):
-    raise ValueError(f"channels must be 1 or 3, got {channels}")
-  if data[:2] == b"\xff\xd8":
-    colorspace = "GRAY" if channels == 1 else "RGB"
-    img = simplejpeg.decode_jpeg(data, colorspace=colorspace)
-  elif pyspng is not None and data[:8] == b"\x89PNG\r\n\x1a\n":
-    img = pyspng.load(data)
-    if img.dtype != np.uint8:  # 16-bit PNG.
-      img = (img >> 8).astype(np.uint8)
-    if img.ndim == 3 and img.shape[2] in (2, 4):  # Drop alpha.
-      img = img[:, :, :img.shape[2] - 1]
-    if channels == 1 and img.ndim == 3 and img.shape[2] == 3:
-      img = _luminance(img)
-  else:
-    with Image.open(io.BytesIO(data)) as pil:
-      img = np.asarray(pil.convert("L" if channels == 1 or pil.mode in ("L", "I;16", "I") else
-                                   "RGB"))
-  if img.ndim == 2:
-    img = img[:, :, None]
-  if img.shape[2] != channels:
-    img = np.repeat(img, channels, axis=2) if img.shape[2] == 1 else img[:, :, :channels]
-  if size is not None and tuple(img.shape[:2]) != tuple(size):
-    img = resize(img, size)
-  return np.ascontiguousarray(img)
+    The format is sniffed from the bytes, not trusted from metadata (CASIA NIR-VIS 2.0's lists
+    say .bmp for files that are .jpg and vice versa). Single-band images become 3 identical
+    channels when ``channels == 3``; colour images become luminance when ``channels == 1``.
+    ``size`` = (height, width) resizes (bilinear) when the stored crop differs.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if data[:2] == b"\xff\xd8":
+        colorspace = "GRAY" if channels == 1 else "RGB"
+        img = simplejpeg.decode_jpeg(data, colorspace=colorspace)
+    elif pyspng is not None and data[:8] == b"\x89PNG\r\n\x1a\n":
+        img = pyspng.load(data)
+        if img.dtype != np.uint8:  # 16-bit PNG.
+            img = (img >> 8).astype(np.uint8)
+        if img.ndim == 3 and img.shape[2] in (2, 4):  # Drop alpha.
+            img = img[:, :, : img.shape[2] - 1]
+        if channels == 1 and img.ndim == 3 and img.shape[2] == 3:
+            img = _luminance(img)
+    else:
+        with Image.open(io.BytesIO(data)) as pil:
+            img = np.asarray(
+                pil.convert("L" if channels == 1 or pil.mode in ("L", "I;16", "I") else "RGB")
+            )
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] != channels:
+        img = np.repeat(img, channels, axis=2) if img.shape[2] == 1 else img[:, :, :channels]
+    if size is not None and tuple(img.shape[:2]) != tuple(size):
+        img = resize(img, size)
+    return np.ascontiguousarray(img)
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
-  """ITU-R 601 luma, as Pillow's "L" conversion."""
-  y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-  return np.clip(np.round(y), 0, 255).astype(np.uint8)
+    """ITU-R 601 luma, as Pillow's "L" conversion."""
+    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of uint8 [H, W, C] to (height, width)."""
-  h, w = size
-  if img.shape[2] == 1:
-    out = Image.fromarray(img[:, :, 0]).resize((w, h), Image.BILINEAR)
-    return np.asarray(out)[:, :, None]
-  return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    """Bilinear resize of uint8 [H, W, C] to (height, width)."""
+    h, w = size
+    if img.shape[2] == 1:
+        out = Image.fromarray(img[:, :, 0]).resize((w, h), Image.BILINEAR)
+        return np.asarray(out)[:, :, None]
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-  """Training-time augmentation. Order: flip, channel augmentation, random erasing.
+    """Training-time augmentation. Order: flip, channel augmentation, random erasing.
 
-  ``channel_aug``:
-    "red": with probability ``channel_aug_p`` replace RGB by [R, R, R] (the Rethinking paper's
-      red-channel augmentation; its official code uses p = 0.5);
-    "random_channel": draw k in {0, 1, 2, 3}, replicate channel k for k < 3, keep for k = 3.
-  Random erasing (Zhong et al.) fills a rectangle of area fraction ``erasing_area`` and
-  aspect ratio ``erasing_ratio`` (log-uniform) with uniform noise, with probability
-  ``erasing_p``.
-  """
-  hflip: bool = True
-  channel_aug: str = "none"
-  channel_aug_p: float = 0.5
-  erasing_p: float = 0.0
-  erasing_area: tuple[float, float] = (0.02, 0.4)
-  erasing_ratio: tuple[float, float] = (0.3, 3.3)
+    ``channel_aug``:
+      "red": with probability ``channel_aug_p`` replace RGB by [R, R, R] (the Rethinking paper's
+        red-channel augmentation; its official code uses p = 0.5);
+      "random_channel": draw k in {0, 1, 2, 3}, replicate channel k for k < 3, keep for k = 3.
+    Random erasing (Zhong et al.) fills a rectangle of area fraction ``erasing_area`` and
+    aspect ratio ``erasing_ratio`` (log-uniform) with uniform noise, with probability
+    ``erasing_p``.
+    """
 
-  def __post_init__(self):
-    if self.channel_aug not in CHANNEL_AUGS:
-      raise ValueError(f"channel_aug must be one of {CHANNEL_AUGS}, got {self.channel_aug!r}")
-    for name in ("channel_aug_p", "erasing_p"):
-      v = getattr(self, name)
-      if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {v}")
+    hflip: bool = True
+    channel_aug: str = "none"
+    channel_aug_p: float = 0.5
+    erasing_p: float = 0.0
+    erasing_area: tuple[float, float] = (0.02, 0.4)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
 
-  @classmethod
-  def from_dict(cls, d: dict[str, Any] | None) -> "AugmentConfig":
-    d = dict(d or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-      raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}; known: "
-                       f"{sorted(known)}")
-    for k in ("erasing_area", "erasing_ratio"):
-      if k in d:
-        d[k] = tuple(d[k])
-    return cls(**d)
+    def __post_init__(self):
+        if self.channel_aug not in CHANNEL_AUGS:
+            raise ValueError(f"channel_aug must be one of {CHANNEL_AUGS}, got {self.channel_aug!r}")
+        for name in ("channel_aug_p", "erasing_p"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "AugmentConfig":
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        for k in ("erasing_area", "erasing_ratio"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
 
 
 def red_channel(img: np.ndarray) -> np.ndarray:
-  """x' = [R, R, R]."""
-  return np.repeat(img[:, :, :1], img.shape[2], axis=2)
+    """x' = [R, R, R]."""
+    return np.repeat(img[:, :, :1], img.shape[2], axis=2)
 
 
 def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-  """Applies ``cfg`` to one uint8 [H, W, C] image; returns a new contiguous array.
+    """Applies ``cfg`` to one uint8 [H, W, C] image; returns a new contiguous array.
 
-  Flips and channel replication are views; the single copy is made at the end, and erasing
-  then writes into that copy.
-  """
-  if cfg.hflip and rng.random() < 0.5:
-    img = img[:, ::-1]
-  if img.shape[2] == 3:
-    k = 3
-    if cfg.channel_aug == "red":
-      k = 0 if rng.random() < cfg.channel_aug_p else 3
-    elif cfg.channel_aug == "random_channel":
-      k = int(rng.integers(4))
-    if k < 3:
-      img = np.broadcast_to(img[:, :, k:k + 1], img.shape)
-  img = np.array(img, order="C", copy=True)
-  if cfg.erasing_p > 0 and rng.random() < cfg.erasing_p:
-    erase_in_place(img, rng, cfg.erasing_area, cfg.erasing_ratio)
-  return img
-
-
-def erase_in_place(img: np.ndarray, rng: np.random.Generator,
-                   area: tuple[float, float] = (0.02, 0.4),
-                   ratio: tuple[float, float] = (0.3, 3.3)) -> bool:
-  """Fills one random rectangle of ``img`` with uniform noise (a few shape tries, like
-  torchvision's RandomErasing); returns whether it erased."""
-  h, w, c = img.shape
-  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-  for _ in range(10):
-    target = rng.uniform(*area) * h * w
-    aspect = math.exp(rng.uniform(log_lo, log_hi))
-    eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-    if 0 < eh < h and 0 < ew < w:
-      y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
-      img[y:y + eh, x:x + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
-      return True
-  return False
+    Flips and channel replication are views; the single copy is made at the end, and erasing
+    then writes into that copy.
+    """
+    if cfg.hflip and rng.random() < 0.5:
+        img = img[:, ::-1]
+    if img.shape[2] == 3:
+        k = 3
+        if cfg.channel_aug == "red":
+            k = 0 if rng.random() < cfg.channel_aug_p else 3
+        elif cfg.channel_aug == "random_channel":
+            k = int(rng.integers(4))
+        if k < 3:
+            img = np.broadcast_to(img[:, :, k : k + 1], img.shape)
+    img = np.array(img, order="C", copy=True)
+    if cfg.erasing_p > 0 and rng.random() < cfg.erasing_p:
+        erase_in_place(img, rng, cfg.erasing_area, cfg.erasing_ratio)
+    return img
 
 
-def random_erase(img: np.ndarray, rng: np.random.Generator,
-                 area: tuple[float, float] = (0.02, 0.4),
-                 ratio: tuple[float, float] = (0.3, 3.3)) -> np.ndarray:
-  """A copy of ``img`` with one random rectangle of uniform noise."""
-  out = np.array(img, order="C", copy=True)
-  erase_in_place(out, rng, area, ratio)
-  return out
+def erase_in_place(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    area: tuple[float, float] = (0.02, 0.4),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> bool:
+    """Fills one random rectangle of ``img`` with uniform noise (a few shape tries, like
+    torchvision's RandomErasing); returns whether it erased."""
+    h, w, c = img.shape
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = rng.uniform(*area) * h * w
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < eh < h and 0 < ew < w:
+            y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
+            img[y : y + eh, x : x + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
+            return True
+    return False
+
+
+def random_erase(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    area: tuple[float, float] = (0.02, 0.4),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> np.ndarray:
+    """A copy of ``img`` with one random rectangle of uniform noise."""
+    out = np.array(img, order="C", copy=True)
+    erase_in_place(out, rng, area, ratio)
+    return out
 
 
 def normalize_images(images):
-  """uint8 [0, 255] -> float32 [-1, 1]; works on numpy and jax arrays."""
-  return (images.astype("float32") - 127.5) / 127.5
+    """uint8 [0, 255] -> float32 [-1, 1]; works on numpy and jax arrays."""
+    return (images.astype("float32") - 127.5) / 127.5

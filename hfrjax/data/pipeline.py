@@ -47,7 +47,7 @@ MODES = ("random_access", "streaming")
 
 
 def modality_code(name: str) -> int:
-  return tfrecord.MODALITIES.index(name)
+    return tfrecord.MODALITIES.index(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,97 +55,99 @@ def modality_code(name: str) -> int:
 
 
 class RecordSource:
-  """grain random-access data source: row i of a `RecordTable` -> verified payload bytes.
+    """grain random-access data source: row i of a `RecordTable` -> verified payload bytes.
 
-  Uses ``os.pread`` on lazily opened descriptors (one set per process, so it survives
-  fork-based grain workers); thread-safe.
-  """
+    Uses ``os.pread`` on lazily opened descriptors (one set per process, so it survives
+    fork-based grain workers); thread-safe.
+    """
 
-  def __init__(self, records: RecordTable, *, verify: bool = True):
-    self.records = records
-    self._verify = verify
-    self._fds: dict[int, int] = {}
-    self._pid = -1
-    self._lock = threading.Lock()
-    self._lengths = self._payload_lengths()
+    def __init__(self, records: RecordTable, *, verify: bool = True):
+        self.records = records
+        self._verify = verify
+        self._fds: dict[int, int] = {}
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._lengths = self._payload_lengths()
 
-  def _payload_lengths(self) -> np.ndarray:
-    # Lengths live in the sidecar; reload per shard (cheap) to keep RecordTable lean.
-    lengths = np.zeros(len(self.records), np.int64)
-    for s, path in enumerate(self.records.shard_paths):
-      rows = np.nonzero(self.records.shard == s)[0]
-      if rows.size:
-        lengths[rows] = tfrecord.ShardIndex.load(path).lengths[self.records.record[rows]]
-    return lengths
+    def _payload_lengths(self) -> np.ndarray:
+        # Lengths live in the sidecar; reload per shard (cheap) to keep RecordTable lean.
+        lengths = np.zeros(len(self.records), np.int64)
+        for s, path in enumerate(self.records.shard_paths):
+            rows = np.nonzero(self.records.shard == s)[0]
+            if rows.size:
+                lengths[rows] = tfrecord.ShardIndex.load(path).lengths[self.records.record[rows]]
+        return lengths
 
-  def __len__(self) -> int:
-    return len(self.records)
+    def __len__(self) -> int:
+        return len(self.records)
 
-  def _fd(self, shard: int) -> int:
-    with self._lock:
-      if self._pid != os.getpid():
-        self._fds, self._pid = {}, os.getpid()
-      fd = self._fds.get(shard)
-      if fd is None:
-        fd = self._fds[shard] = os.open(self.records.shard_paths[shard], os.O_RDONLY)
-      return fd
+    def _fd(self, shard: int) -> int:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._fds, self._pid = {}, os.getpid()
+            fd = self._fds.get(shard)
+            if fd is None:
+                fd = self._fds[shard] = os.open(self.records.shard_paths[shard], os.O_RDONLY)
+            return fd
 
-  def __getitem__(self, row: int) -> bytes:
-    r = self.records
-    shard, offset, record = int(r.shard[row]), int(r.offset[row]), int(r.record[row])
-    path = r.shard_paths[shard]
-    length = int(self._lengths[row])
-    framed = os.pread(self._fd(shard), 12 + length + 4, offset)
-    if len(framed) != 16 + length:
-      raise tfrecord.CorruptRecordError(
-          path, record, offset, f"truncated record ({len(framed)} of {16 + length} bytes)")
-    if self._verify:
-      if tfrecord.masked_crc32c(framed[:8]) != int.from_bytes(framed[8:12], "little"):
-        raise tfrecord.CorruptRecordError(path, record, offset, "length CRC mismatch")
-      if int.from_bytes(framed[:8], "little") != length:
-        raise tfrecord.CorruptRecordError(path, record, offset,
-                                          "length disagrees with the index sidecar")
-      data = framed[12:12 + length]
-      if tfrecord.masked_crc32c(data) != int.from_bytes(framed[12 + length:], "little"):
-        raise tfrecord.CorruptRecordError(path, record, offset, "data CRC mismatch")
-      return data
-    return framed[12:12 + length]
+    def __getitem__(self, row: int) -> bytes:
+        r = self.records
+        shard, offset, record = int(r.shard[row]), int(r.offset[row]), int(r.record[row])
+        path = r.shard_paths[shard]
+        length = int(self._lengths[row])
+        framed = os.pread(self._fd(shard), 12 + length + 4, offset)
+        if len(framed) != 16 + length:
+            raise tfrecord.CorruptRecordError(
+                path, record, offset, f"truncated record ({len(framed)} of {16 + length} bytes)"
+            )
+        if self._verify:
+            if tfrecord.masked_crc32c(framed[:8]) != int.from_bytes(framed[8:12], "little"):
+                raise tfrecord.CorruptRecordError(path, record, offset, "length CRC mismatch")
+            if int.from_bytes(framed[:8], "little") != length:
+                raise tfrecord.CorruptRecordError(
+                    path, record, offset, "length disagrees with the index sidecar"
+                )
+            data = framed[12 : 12 + length]
+            if tfrecord.masked_crc32c(data) != int.from_bytes(framed[12 + length :], "little"):
+                raise tfrecord.CorruptRecordError(path, record, offset, "data CRC mismatch")
+            return data
+        return framed[12 : 12 + length]
 
-  def describe(self, row: int) -> str:
-    r = self.records
-    return (f"{r.shard_paths[int(r.shard[row])]} record #{int(r.record[row])} "
-            f"(key {r.key[row]!r})")
+    def describe(self, row: int) -> str:
+        r = self.records
+        return (
+            f"{r.shard_paths[int(r.shard[row])]} record #{int(r.record[row])} (key {r.key[row]!r})"
+        )
 
 
 class _CheckedTFRecordIterator(grain.DatasetIterator):
+    def __init__(self, path: str, on_corrupt: str):
+        super().__init__()
+        self._reader = tfrecord.TFRecordReader(path, on_corrupt=on_corrupt)
 
-  def __init__(self, path: str, on_corrupt: str):
-    super().__init__()
-    self._reader = tfrecord.TFRecordReader(path, on_corrupt=on_corrupt)
+    def __next__(self) -> bytes:
+        return next(self._reader)
 
-  def __next__(self) -> bytes:
-    return next(self._reader)
+    def get_state(self) -> dict[str, int]:
+        return self._reader.get_state()
 
-  def get_state(self) -> dict[str, int]:
-    return self._reader.get_state()
-
-  def set_state(self, state: dict[str, int]) -> None:
-    self._reader.set_state(state)
+    def set_state(self, state: dict[str, int]) -> None:
+        self._reader.set_state(state)
 
 
 class CheckedTFRecordIterDataset(grain.experimental.TFRecordIterDataset):
-  """grain's TFRecord iter dataset, with CRC verification and skip-and-count of bad records.
+    """grain's TFRecord iter dataset, with CRC verification and skip-and-count of bad records.
 
-  grain's own reader does not check CRCs (its source has a TODO for it) and its errors do not
-  name the file; this subclass keeps its interface and checkpointable offset state.
-  """
+    grain's own reader does not check CRCs (its source has a TODO for it) and its errors do not
+    name the file; this subclass keeps its interface and checkpointable offset state.
+    """
 
-  def __init__(self, path: str, on_corrupt: str = "raise"):
-    super().__init__(path)
-    self._on_corrupt = on_corrupt
+    def __init__(self, path: str, on_corrupt: str = "raise"):
+        super().__init__(path)
+        self._on_corrupt = on_corrupt
 
-  def __iter__(self) -> grain.DatasetIterator:
-    return _CheckedTFRecordIterator(self._path, self._on_corrupt)
+    def __iter__(self) -> grain.DatasetIterator:
+        return _CheckedTFRecordIterator(self._path, self._on_corrupt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,55 +156,58 @@ class CheckedTFRecordIterDataset(grain.experimental.TFRecordIterDataset):
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-  """Everything that decides the stream of training batches."""
-  data_dir: str
-  batch_size: int  # Global batch size (all processes together).
-  keys: tuple[str, ...] | None = None  # Restrict to these sample keys.
-  fold: int | None = None  # Restrict to the training keys of this protocol fold (1-based).
-  modalities: tuple[str, ...] | None = None  # Restrict to these modalities.
-  image_size: tuple[int, int] | None = None  # Resize to (H, W) if the stored crop differs.
-  channels: int = 3
-  sampler: str = "plain"
-  shuffle: bool = True
-  num_epochs: int | None = None  # None: repeat forever.
-  p: int = 0  # Identities per batch for "pk" (0: batch_size // (K * #modalities)).
-  k: int = 1  # Images per identity and modality for "pk" / "paired".
-  seed: int = 0
-  mode: str = "random_access"
-  on_corrupt: str = "raise"  # "raise" or "skip" (skip-and-count).
-  augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
-  normalize_on_host: bool = False
-  num_threads: int = 2  # grain read threads per process.
-  worker_count: int = 0  # grain worker processes (0: in-process).
-  shuffle_window: int = 4096  # Streaming mode only.
-  cycle_length: int = 4  # Streaming mode only: shards read at once.
+    """Everything that decides the stream of training batches."""
 
-  def __post_init__(self):
-    if self.sampler not in SAMPLERS:
-      raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-    if self.mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-    if self.on_corrupt not in ("raise", "skip"):
-      raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {self.on_corrupt!r}")
-    if self.batch_size < 1:
-      raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-    if self.mode == "streaming" and self.sampler != "plain":
-      raise ValueError(f"sampler {self.sampler!r} needs mode='random_access' (it needs the "
-                       "index of identities); streaming supports only 'plain'")
+    data_dir: str
+    batch_size: int  # Global batch size (all processes together).
+    keys: tuple[str, ...] | None = None  # Restrict to these sample keys.
+    fold: int | None = None  # Restrict to the training keys of this protocol fold (1-based).
+    modalities: tuple[str, ...] | None = None  # Restrict to these modalities.
+    image_size: tuple[int, int] | None = None  # Resize to (H, W) if the stored crop differs.
+    channels: int = 3
+    sampler: str = "plain"
+    shuffle: bool = True
+    num_epochs: int | None = None  # None: repeat forever.
+    p: int = 0  # Identities per batch for "pk" (0: batch_size // (K * #modalities)).
+    k: int = 1  # Images per identity and modality for "pk" / "paired".
+    seed: int = 0
+    mode: str = "random_access"
+    on_corrupt: str = "raise"  # "raise" or "skip" (skip-and-count).
+    augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
+    normalize_on_host: bool = False
+    num_threads: int = 2  # grain read threads per process.
+    worker_count: int = 0  # grain worker processes (0: in-process).
+    shuffle_window: int = 4096  # Streaming mode only.
+    cycle_length: int = 4  # Streaming mode only: shards read at once.
 
-  @classmethod
-  def from_dict(cls, d: Any) -> "InputConfig":
-    """From a dict or ml_collections.ConfigDict; unknown keys are an error (typos)."""
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-      raise ValueError(f"unknown input option(s) {sorted(unknown)}; known: {sorted(known)}")
-    d["augment"] = augment_lib.AugmentConfig.from_dict(d.get("augment"))
-    for k in ("keys", "modalities", "image_size"):
-      if d.get(k) is not None:
-        d[k] = tuple(d[k])
-    return cls(**d)
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.on_corrupt not in ("raise", "skip"):
+            raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {self.on_corrupt!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.mode == "streaming" and self.sampler != "plain":
+            raise ValueError(
+                f"sampler {self.sampler!r} needs mode='random_access' (it needs the "
+                "index of identities); streaming supports only 'plain'"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "InputConfig":
+        """From a dict or ml_collections.ConfigDict; unknown keys are an error (typos)."""
+        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown input option(s) {sorted(unknown)}; known: {sorted(known)}")
+        d["augment"] = augment_lib.AugmentConfig.from_dict(d.get("augment"))
+        for k in ("keys", "modalities", "image_size"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,93 +215,113 @@ class InputConfig:
 
 
 class _IdentityBatchOrder(grain.MapDataset):
-  """Identity-balanced global order: batch b holds P identities x K images per modality.
+    """Identity-balanced global order: batch b holds P identities x K images per modality.
 
-  Batch b of epoch e uses the e-th seeded permutation of the eligible identities; images are
-  drawn without replacement when an identity has enough, else with replacement.
-  """
+    Batch b of epoch e uses the e-th seeded permutation of the eligible identities; images are
+    drawn without replacement when an identity has enough, else with replacement.
+    """
 
-  def __init__(self, labels: np.ndarray, modality: np.ndarray, modalities: Sequence[str],
-               p: int, k: int, seed: int, num_epochs: int | None):
-    super().__init__()
-    self._p, self._k, self._seed = p, k, seed
-    self._modalities = list(modalities)
-    rows_by = {}
-    for m in self._modalities:
-      sel = modality == m
-      for lab in np.unique(labels[sel]):
-        rows_by[(int(lab), m)] = np.nonzero(sel & (labels == lab))[0]
-    self._rows_by = rows_by
-    self._ids = np.array(sorted({lab for (lab, _) in rows_by
-                                 if all((lab, m) in rows_by for m in self._modalities)}))
-    if len(self._ids) < p:
-      raise ValueError(f"sampler needs P={p} identities with images in every modality of "
-                       f"{self._modalities}, but only {len(self._ids)} have them")
-    self.batch_size = p * k * len(self._modalities)
-    self.batches_per_epoch = len(self._ids) // p
-    self._num_epochs = num_epochs
-    self._cache: tuple[int, np.ndarray] | None = None
+    def __init__(
+        self,
+        labels: np.ndarray,
+        modality: np.ndarray,
+        modalities: Sequence[str],
+        p: int,
+        k: int,
+        seed: int,
+        num_epochs: int | None,
+    ):
+        super().__init__()
+        self._p, self._k, self._seed = p, k, seed
+        self._modalities = list(modalities)
+        rows_by = {}
+        for m in self._modalities:
+            sel = modality == m
+            for lab in np.unique(labels[sel]):
+                rows_by[(int(lab), m)] = np.nonzero(sel & (labels == lab))[0]
+        self._rows_by = rows_by
+        self._ids = np.array(
+            sorted(
+                {lab for (lab, _) in rows_by if all((lab, m) in rows_by for m in self._modalities)}
+            )
+        )
+        if len(self._ids) < p:
+            raise ValueError(
+                f"sampler needs P={p} identities with images in every modality of "
+                f"{self._modalities}, but only {len(self._ids)} have them"
+            )
+        self.batch_size = p * k * len(self._modalities)
+        self.batches_per_epoch = len(self._ids) // p
+        self._num_epochs = num_epochs
+        self._cache: tuple[int, np.ndarray] | None = None
 
-  def __len__(self) -> int:
-    if self._num_epochs is None:
-      import sys
-      return sys.maxsize
-    return self._num_epochs * self.batches_per_epoch * self.batch_size
+    def __len__(self) -> int:
+        if self._num_epochs is None:
+            import sys
 
-  def _batch(self, b: int) -> np.ndarray:
-    cached = self._cache
-    if cached is not None and cached[0] == b:
-      return cached[1]
-    epoch, j = divmod(b, self.batches_per_epoch)
-    perm = np.random.default_rng([self._seed, epoch]).permutation(self._ids)
-    rng = np.random.default_rng([self._seed, epoch, j, 1])
-    out = []
-    for lab in perm[j * self._p:(j + 1) * self._p]:
-      for m in self._modalities:
-        rows = self._rows_by[(int(lab), m)]
-        out.append(rng.choice(rows, self._k, replace=len(rows) < self._k))
-    rows = np.concatenate(out)
-    self._cache = (b, rows)
-    return rows
+            return sys.maxsize
+        return self._num_epochs * self.batches_per_epoch * self.batch_size
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    b, slot = divmod(index, self.batch_size)
-    return int(self._batch(b)[slot])
+    def _batch(self, b: int) -> np.ndarray:
+        cached = self._cache
+        if cached is not None and cached[0] == b:
+            return cached[1]
+        epoch, j = divmod(b, self.batches_per_epoch)
+        perm = np.random.default_rng([self._seed, epoch]).permutation(self._ids)
+        rng = np.random.default_rng([self._seed, epoch, j, 1])
+        out = []
+        for lab in perm[j * self._p : (j + 1) * self._p]:
+            for m in self._modalities:
+                rows = self._rows_by[(int(lab), m)]
+                out.append(rng.choice(rows, self._k, replace=len(rows) < self._k))
+        rows = np.concatenate(out)
+        self._cache = (b, rows)
+        return rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        b, slot = divmod(index, self.batch_size)
+        return int(self._batch(b)[slot])
 
 
 def _plain_order(n: int, seed: int, shuffle: bool, num_epochs: int | None) -> grain.MapDataset:
-  ds = grain.MapDataset.range(n)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  return ds.repeat(num_epochs)
+    ds = grain.MapDataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    return ds.repeat(num_epochs)
 
 
 class _ProcessSlice(grain.MapDataset):
-  """Local element j of this process -> (global position, row) of the global order.
+    """Local element j of this process -> (global position, row) of the global order.
 
-  Process p reads positions [b*B + p*Bl, b*B + (p+1)*Bl) of every global batch b.
-  """
+    Process p reads positions [b*B + p*Bl, b*B + (p+1)*Bl) of every global batch b.
+    """
 
-  def __init__(self, order: grain.MapDataset, global_batch: int, process_index: int,
-               process_count: int, num_batches: int):
-    super().__init__()
-    self._order = order
-    self._gb = global_batch
-    self._lb = global_batch // process_count
-    self._p = process_index
-    self._n = num_batches * self._lb
+    def __init__(
+        self,
+        order: grain.MapDataset,
+        global_batch: int,
+        process_index: int,
+        process_count: int,
+        num_batches: int,
+    ):
+        super().__init__()
+        self._order = order
+        self._gb = global_batch
+        self._lb = global_batch // process_count
+        self._p = process_index
+        self._n = num_batches * self._lb
 
-  def __len__(self) -> int:
-    return self._n
+    def __len__(self) -> int:
+        return self._n
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    b, j = divmod(index, self._lb)
-    t = b * self._gb + self._p * self._lb + j
-    return t, self._order[t]
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        b, j = divmod(index, self._lb)
+        t = b * self._gb + self._p * self._lb + j
+        return t, self._order[t]
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,51 +329,56 @@ class _ProcessSlice(grain.MapDataset):
 
 
 class _Process:
-  """(global position, row) -> {"image", "label", "modality"}; reads, decodes, augments."""
+    """(global position, row) -> {"image", "label", "modality"}; reads, decodes, augments."""
 
-  def __init__(self, source: RecordSource, label_of_row: np.ndarray, cfg: InputConfig,
-               train: bool):
-    self._source, self._labels, self._cfg, self._train = source, label_of_row, cfg, train
-    self._modality = np.array([modality_code(m) for m in source.records.modality], np.int32)
+    def __init__(
+        self, source: RecordSource, label_of_row: np.ndarray, cfg: InputConfig, train: bool
+    ):
+        self._source, self._labels, self._cfg, self._train = source, label_of_row, cfg, train
+        self._modality = np.array([modality_code(m) for m in source.records.modality], np.int32)
 
-  def _read(self, row: int) -> bytes:
-    try:
-      return self._source[row]
-    except tfrecord.CorruptRecordError:
-      if self._cfg.on_corrupt == "raise":
-        raise
-    # Skip-and-count: substitute the next readable record of the same identity and modality so
-    # that batch shapes and balance stay intact; deterministic for a fixed set of bad records.
-    r = self._source.records
-    tfrecord.CORRUPTION_STATS.add(r.shard_paths[int(r.shard[row])], int(r.record[row]))
-    logging.warning("skipping corrupt record %s", self._source.describe(row))
-    same = np.nonzero((self._labels == self._labels[row]) &
-                      (self._modality == self._modality[row]))[0]
-    for cand in np.roll(same, -int(np.searchsorted(same, row)) - 1):
-      try:
-        return self._source[int(cand)]
-      except tfrecord.CorruptRecordError:
-        continue
-    raise ValueError(f"every record of label {self._labels[row]} is corrupt "
-                     f"(first: {self._source.describe(row)})")
+    def _read(self, row: int) -> bytes:
+        try:
+            return self._source[row]
+        except tfrecord.CorruptRecordError:
+            if self._cfg.on_corrupt == "raise":
+                raise
+        # Skip-and-count: substitute the next readable record of the same identity and modality so
+        # that batch shapes and balance stay intact; deterministic for a fixed set of bad records.
+        r = self._source.records
+        tfrecord.CORRUPTION_STATS.add(r.shard_paths[int(r.shard[row])], int(r.record[row]))
+        logging.warning("skipping corrupt record %s", self._source.describe(row))
+        same = np.nonzero(
+            (self._labels == self._labels[row]) & (self._modality == self._modality[row])
+        )[0]
+        for cand in np.roll(same, -int(np.searchsorted(same, row)) - 1):
+            try:
+                return self._source[int(cand)]
+            except tfrecord.CorruptRecordError:
+                continue
+        raise ValueError(
+            f"every record of label {self._labels[row]} is corrupt "
+            f"(first: {self._source.describe(row)})"
+        )
 
-  def __call__(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
-    t, row = element
-    data = self._read(row)
-    try:
-      sample = tfrecord.decode_example(data)
-      img = augment_lib.decode_image(sample.image, channels=self._cfg.channels,
-                                     size=self._cfg.image_size)
-    except Exception as e:  # noqa: BLE001 - re-raised with the record named.
-      raise augment_lib.ImageDecodeError(
-          f"cannot decode {self._source.describe(row)}: {e}") from e
-    if self._train:
-      rng = np.random.default_rng([self._cfg.seed, 0x5EED, t])
-      img = augment_lib.augment(img, self._cfg.augment, rng)
-    if self._cfg.normalize_on_host:
-      img = augment_lib.normalize_images(img)
-    return {"image": img, "label": np.int32(self._labels[row]),
-            "modality": self._modality[row]}
+    def __call__(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
+        t, row = element
+        data = self._read(row)
+        try:
+            sample = tfrecord.decode_example(data)
+            img = augment_lib.decode_image(
+                sample.image, channels=self._cfg.channels, size=self._cfg.image_size
+            )
+        except Exception as e:  # noqa: BLE001 - re-raised with the record named.
+            raise augment_lib.ImageDecodeError(
+                f"cannot decode {self._source.describe(row)}: {e}"
+            ) from e
+        if self._train:
+            rng = np.random.default_rng([self._cfg.seed, 0x5EED, t])
+            img = augment_lib.augment(img, self._cfg.augment, rng)
+        if self._cfg.normalize_on_host:
+            img = augment_lib.normalize_images(img)
+        return {"image": img, "label": np.int32(self._labels[row]), "modality": self._modality[row]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,193 +386,251 @@ class _Process:
 
 
 def remap_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Dataset labels -> contiguous 0..C-1; returns (new labels, dataset label of each class)."""
-  classes, new = np.unique(labels, return_inverse=True)
-  return new.astype(np.int64), classes
+    """Dataset labels -> contiguous 0..C-1; returns (new labels, dataset label of each class)."""
+    classes, new = np.unique(labels, return_inverse=True)
+    return new.astype(np.int64), classes
 
 
 @dataclasses.dataclass
 class TrainInput:
-  """A resumable iterator of global batches plus what the trainer needs to know."""
-  iterator: grain.DatasetIterator  # Save/restore with grain.checkpoint.CheckpointSave/Restore.
-  num_classes: int
-  class_labels: np.ndarray  # Dataset label of each class id (for MEC/SSC and reports).
-  num_records: int
-  steps_per_epoch: int
-  local_batch_size: int
-  mesh: Mesh | None = None
-  data_axis: str = "data"
+    """A resumable iterator of global batches plus what the trainer needs to know."""
 
-  def __iter__(self) -> Iterator[dict[str, Any]]:
-    return self
+    iterator: grain.DatasetIterator  # Save/restore with grain.checkpoint.CheckpointSave/Restore.
+    num_classes: int
+    class_labels: np.ndarray  # Dataset label of each class id (for MEC/SSC and reports).
+    num_records: int
+    steps_per_epoch: int
+    local_batch_size: int
+    mesh: Mesh | None = None
+    data_axis: str = "data"
 
-  def __next__(self) -> dict[str, Any]:
-    batch = next(self.iterator)
-    return to_global(batch, self.mesh, self.data_axis) if self.mesh is not None else batch
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
 
-  def get_state(self) -> dict[str, Any]:
-    return self.iterator.get_state()
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self.iterator)
+        return to_global(batch, self.mesh, self.data_axis) if self.mesh is not None else batch
 
-  def set_state(self, state: dict[str, Any]) -> None:
-    self.iterator.set_state(state)
+    def get_state(self) -> dict[str, Any]:
+        return self.iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.iterator.set_state(state)
 
 
 def _select(dataset: Dataset, cfg: InputConfig) -> tuple[RecordTable, np.ndarray]:
-  records = dataset.records
-  rows = np.arange(len(records))
-  keys = cfg.keys
-  if cfg.fold is not None:
+    records = dataset.records
+    rows = np.arange(len(records))
+    keys = cfg.keys
+    if cfg.fold is not None:
+        if keys is not None:
+            raise ValueError("give either input.keys or input.fold, not both")
+        from hfrjax.data.protocol import Protocol
+
+        keys = Protocol.load(dataset.directory).fold(cfg.fold).train_keys
     if keys is not None:
-      raise ValueError("give either input.keys or input.fold, not both")
-    from hfrjax.data.protocol import Protocol
-    keys = Protocol.load(dataset.directory).fold(cfg.fold).train_keys
-  if keys is not None:
-    pos = {k: i for i, k in enumerate(records.key)}
-    missing = [k for k in keys if k not in pos]
-    if missing:
-      raise ValueError(f"{len(missing)} requested key(s) are not in {dataset.directory}, "
-                       f"e.g. {missing[:5]}")
-    rows = np.asarray([pos[k] for k in keys], np.int64)
-  if cfg.modalities is not None:
-    bad = set(cfg.modalities) - set(tfrecord.MODALITIES)
-    if bad:
-      raise ValueError(f"unknown modalities {sorted(bad)}; known: {tfrecord.MODALITIES}")
-    rows = rows[np.isin(records.modality[rows], cfg.modalities)]
-  if rows.size == 0:
-    raise ValueError(f"no records of {dataset.directory} match keys/modalities of the config")
-  return records.subset(rows), rows
+        pos = {k: i for i, k in enumerate(records.key)}
+        missing = [k for k in keys if k not in pos]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} requested key(s) are not in {dataset.directory}, "
+                f"e.g. {missing[:5]}"
+            )
+        rows = np.asarray([pos[k] for k in keys], np.int64)
+    if cfg.modalities is not None:
+        bad = set(cfg.modalities) - set(tfrecord.MODALITIES)
+        if bad:
+            raise ValueError(f"unknown modalities {sorted(bad)}; known: {tfrecord.MODALITIES}")
+        rows = rows[np.isin(records.modality[rows], cfg.modalities)]
+    if rows.size == 0:
+        raise ValueError(f"no records of {dataset.directory} match keys/modalities of the config")
+    return records.subset(rows), rows
 
 
-def make_train_input(cfg: InputConfig, *, mesh: Mesh | None = None, data_axis: str = "data",
-                     process_index: int | None = None,
-                     process_count: int | None = None) -> TrainInput:
-  """Builds the training pipeline for this process (see module docstring)."""
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if cfg.batch_size % process_count:
-    raise ValueError(f"global batch {cfg.batch_size} is not divisible by {process_count} "
-                     "processes")
-  local_batch = cfg.batch_size // process_count
-  dataset = Dataset.open(cfg.data_dir)
-  if cfg.mode == "streaming":
-    return _make_streaming(dataset, cfg, local_batch, mesh, data_axis, process_index,
-                           process_count)
-  records, _ = _select(dataset, cfg)
-  labels, class_labels = remap_labels(records.label)
-  source = RecordSource(records)
-  if cfg.sampler == "plain":
-    order = _plain_order(len(records), cfg.seed, cfg.shuffle, cfg.num_epochs)
-    steps_per_epoch = len(records) // cfg.batch_size
-  else:
-    mods = cfg.modalities or (("nir", "vis") if cfg.sampler == "paired" else
-                              tuple(sorted(set(records.modality))))
-    per_id = cfg.k * len(mods)
-    p = cfg.p or cfg.batch_size // per_id
-    if p * per_id != cfg.batch_size:
-      raise ValueError(f"sampler {cfg.sampler!r}: P={p} x K={cfg.k} x {len(mods)} modalities "
-                       f"= {p * per_id} != batch_size {cfg.batch_size}")
-    order = _IdentityBatchOrder(labels, records.modality, mods, p, cfg.k, cfg.seed,
-                                cfg.num_epochs)
-    steps_per_epoch = order.batches_per_epoch
-  if steps_per_epoch < 1:
-    raise ValueError(f"{len(records)} records cannot fill one batch of {cfg.batch_size}")
-  total = len(order) // cfg.batch_size if cfg.num_epochs is not None else (1 << 40)
-  ds = _ProcessSlice(order, cfg.batch_size, process_index, process_count, total)
-  ds = ds.map(_Process(source, labels, cfg, train=True)).batch(local_batch, drop_remainder=True)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
-                                               prefetch_buffer_size=4 * cfg.num_threads))
-  if cfg.worker_count > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
-  return TrainInput(iter(it_ds), int(len(class_labels)), class_labels, len(records),
-                    steps_per_epoch, local_batch, mesh, data_axis)
+def make_train_input(
+    cfg: InputConfig,
+    *,
+    mesh: Mesh | None = None,
+    data_axis: str = "data",
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> TrainInput:
+    """Builds the training pipeline for this process (see module docstring)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if cfg.batch_size % process_count:
+        raise ValueError(
+            f"global batch {cfg.batch_size} is not divisible by {process_count} processes"
+        )
+    local_batch = cfg.batch_size // process_count
+    dataset = Dataset.open(cfg.data_dir)
+    if cfg.mode == "streaming":
+        return _make_streaming(
+            dataset, cfg, local_batch, mesh, data_axis, process_index, process_count
+        )
+    records, _ = _select(dataset, cfg)
+    labels, class_labels = remap_labels(records.label)
+    source = RecordSource(records)
+    if cfg.sampler == "plain":
+        order = _plain_order(len(records), cfg.seed, cfg.shuffle, cfg.num_epochs)
+        steps_per_epoch = len(records) // cfg.batch_size
+    else:
+        mods = cfg.modalities or (
+            ("nir", "vis") if cfg.sampler == "paired" else tuple(sorted(set(records.modality)))
+        )
+        per_id = cfg.k * len(mods)
+        p = cfg.p or cfg.batch_size // per_id
+        if p * per_id != cfg.batch_size:
+            raise ValueError(
+                f"sampler {cfg.sampler!r}: P={p} x K={cfg.k} x {len(mods)} modalities "
+                f"= {p * per_id} != batch_size {cfg.batch_size}"
+            )
+        order = _IdentityBatchOrder(
+            labels, records.modality, mods, p, cfg.k, cfg.seed, cfg.num_epochs
+        )
+        steps_per_epoch = order.batches_per_epoch
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(records)} records cannot fill one batch of {cfg.batch_size}")
+    total = len(order) // cfg.batch_size if cfg.num_epochs is not None else (1 << 40)
+    ds = _ProcessSlice(order, cfg.batch_size, process_index, process_count, total)
+    ds = ds.map(_Process(source, labels, cfg, train=True)).batch(local_batch, drop_remainder=True)
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=4 * cfg.num_threads)
+    )
+    if cfg.worker_count > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+    return TrainInput(
+        iter(it_ds),
+        int(len(class_labels)),
+        class_labels,
+        len(records),
+        steps_per_epoch,
+        local_batch,
+        mesh,
+        data_axis,
+    )
 
 
 def process_shards(shards: Sequence[str], process_index: int, process_count: int) -> list[str]:
-  """The shards this process streams: disjoint across processes, covering all of them."""
-  if len(shards) < process_count:
-    raise ValueError(f"{len(shards)} shards cannot be split over {process_count} processes; "
-                     "write at least one shard per process")
-  return list(shards[process_index::process_count])
+    """The shards this process streams: disjoint across processes, covering all of them."""
+    if len(shards) < process_count:
+        raise ValueError(
+            f"{len(shards)} shards cannot be split over {process_count} processes; "
+            "write at least one shard per process"
+        )
+    return list(shards[process_index::process_count])
 
 
 class _ParseStreamed:
-  """Streaming: payload bytes -> element dict (labels straight from the Example)."""
+    """Streaming: payload bytes -> element dict (labels straight from the Example)."""
 
-  def __init__(self, cfg: InputConfig, label_map: dict[int, int]):
-    self._cfg, self._label_map = cfg, label_map
+    def __init__(self, cfg: InputConfig, label_map: dict[int, int]):
+        self._cfg, self._label_map = cfg, label_map
 
-  def __call__(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    sample = tfrecord.decode_example(data)
-    try:
-      img = augment_lib.decode_image(sample.image, channels=self._cfg.channels,
-                                     size=self._cfg.image_size)
-    except Exception as e:  # noqa: BLE001
-      raise augment_lib.ImageDecodeError(f"cannot decode sample {sample.key!r}: {e}") from e
-    img = augment_lib.augment(img, self._cfg.augment, rng)
-    if self._cfg.normalize_on_host:
-      img = augment_lib.normalize_images(img)
-    return {"image": img, "label": np.int32(self._label_map[sample.label]),
-            "modality": np.int32(modality_code(sample.modality))}
+    def __call__(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        sample = tfrecord.decode_example(data)
+        try:
+            img = augment_lib.decode_image(
+                sample.image, channels=self._cfg.channels, size=self._cfg.image_size
+            )
+        except Exception as e:  # noqa: BLE001
+            raise augment_lib.ImageDecodeError(f"cannot decode sample {sample.key!r}: {e}") from e
+        img = augment_lib.augment(img, self._cfg.augment, rng)
+        if self._cfg.normalize_on_host:
+            img = augment_lib.normalize_images(img)
+        return {
+            "image": img,
+            "label": np.int32(self._label_map[sample.label]),
+            "modality": np.int32(modality_code(sample.modality)),
+        }
 
 
-def _make_streaming(dataset: Dataset, cfg: InputConfig, local_batch: int, mesh, data_axis,
-                    process_index: int, process_count: int) -> TrainInput:
-  if cfg.keys is not None:
-    raise ValueError("streaming mode reads whole shards; restrict keys with "
-                     "mode='random_access'")
-  records = dataset.records
-  if cfg.modalities is not None:
-    records = records.subset(np.isin(records.modality, cfg.modalities))
-  _, class_labels = remap_labels(records.label)
-  label_map = {int(lab): i for i, lab in enumerate(class_labels)}
-  shards = process_shards(records.shard_paths, process_index, process_count)
-  shard_ds = grain.MapDataset.source(shards)
-  if cfg.shuffle:
-    shard_ds = shard_ds.shuffle(seed=cfg.seed)
-  shard_ds = shard_ds.repeat(cfg.num_epochs).map(
-      functools.partial(CheckedTFRecordIterDataset, on_corrupt=cfg.on_corrupt))
-  ds = grain.experimental.InterleaveIterDataset(
-      shard_ds, cycle_length=min(cfg.cycle_length, len(shards)))
-  if cfg.modalities is not None:
-    wanted = set(cfg.modalities)
-    ds = ds.filter(lambda d: tfrecord.decode_example(d).modality in wanted)
-  if cfg.shuffle:
-    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=cfg.shuffle_window,
-                                                     seed=cfg.seed)
-  ds = ds.random_map(_ParseStreamed(cfg, label_map), seed=cfg.seed + process_index)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  steps = len(records) // cfg.batch_size
-  return TrainInput(iter(ds), len(class_labels), class_labels, len(records), steps,
-                    local_batch, mesh, data_axis)
+def _make_streaming(
+    dataset: Dataset,
+    cfg: InputConfig,
+    local_batch: int,
+    mesh,
+    data_axis,
+    process_index: int,
+    process_count: int,
+) -> TrainInput:
+    if cfg.keys is not None:
+        raise ValueError(
+            "streaming mode reads whole shards; restrict keys with mode='random_access'"
+        )
+    records = dataset.records
+    if cfg.modalities is not None:
+        records = records.subset(np.isin(records.modality, cfg.modalities))
+    _, class_labels = remap_labels(records.label)
+    label_map = {int(lab): i for i, lab in enumerate(class_labels)}
+    shards = process_shards(records.shard_paths, process_index, process_count)
+    shard_ds = grain.MapDataset.source(shards)
+    if cfg.shuffle:
+        shard_ds = shard_ds.shuffle(seed=cfg.seed)
+    shard_ds = shard_ds.repeat(cfg.num_epochs).map(
+        functools.partial(CheckedTFRecordIterDataset, on_corrupt=cfg.on_corrupt)
+    )
+    ds = grain.experimental.InterleaveIterDataset(
+        shard_ds, cycle_length=min(cfg.cycle_length, len(shards))
+    )
+    if cfg.modalities is not None:
+        wanted = set(cfg.modalities)
+        ds = ds.filter(lambda d: tfrecord.decode_example(d).modality in wanted)
+    if cfg.shuffle:
+        ds = grain.experimental.WindowShuffleIterDataset(
+            ds, window_size=cfg.shuffle_window, seed=cfg.seed
+        )
+    ds = ds.random_map(_ParseStreamed(cfg, label_map), seed=cfg.seed + process_index)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    steps = len(records) // cfg.batch_size
+    return TrainInput(
+        iter(ds), len(class_labels), class_labels, len(records), steps, local_batch, mesh, data_axis
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Evaluation batches and device placement.
 
 
-def iter_eval_batches(dataset: Dataset, keys: Sequence[str], batch_size: int, *,
-                      image_size: tuple[int, int] | None = None, channels: int = 3,
-                      num_threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of the given keys in order, no augmentation; the last batch is padded.
+def iter_eval_batches(
+    dataset: Dataset,
+    keys: Sequence[str],
+    batch_size: int,
+    *,
+    image_size: tuple[int, int] | None = None,
+    channels: int = 3,
+    num_threads: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the given keys in order, no augmentation; the last batch is padded.
 
-  Each batch has "image", "label" (dataset labels), "modality" and "valid" (False on padding).
-  """
-  records = dataset.records.select_keys(list(keys), what="the evaluation list")
-  cfg = InputConfig(data_dir=str(dataset.directory), batch_size=batch_size,
-                    image_size=image_size, channels=channels, num_threads=num_threads)
-  n = len(records)
-  n_padded = -(-n // batch_size) * batch_size
-  process = _Process(RecordSource(records), records.label, cfg, train=False)
-  ds = (grain.MapDataset.range(n_padded)
+    Each batch has "image", "label" (dataset labels), "modality" and "valid" (False on padding).
+    """
+    records = dataset.records.select_keys(list(keys), what="the evaluation list")
+    cfg = InputConfig(
+        data_dir=str(dataset.directory),
+        batch_size=batch_size,
+        image_size=image_size,
+        channels=channels,
+        num_threads=num_threads,
+    )
+    n = len(records)
+    n_padded = -(-n // batch_size) * batch_size
+    process = _Process(RecordSource(records), records.label, cfg, train=False)
+    ds = (
+        grain.MapDataset.range(n_padded)
         .map(lambda t: dict(process((t, min(t, n - 1))), valid=np.bool_(t < n)))
-        .batch(batch_size))
-  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                  prefetch_buffer_size=2 * num_threads))
+        .batch(batch_size)
+    )
+    yield from ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+    )
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh,
-              data_axis: str | tuple[str, ...] = "data") -> dict[str, jax.Array]:
-  """Process-local batch -> global jax.Arrays sharded along the mesh's data axis."""
-  sharding = NamedSharding(mesh, PartitionSpec(data_axis))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+def to_global(
+    batch: dict[str, np.ndarray], mesh: Mesh, data_axis: str | tuple[str, ...] = "data"
+) -> dict[str, jax.Array]:
+    """Process-local batch -> global jax.Arrays sharded along the mesh's data axis."""
+    sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }

@@ -23,72 +23,83 @@ PROTOCOL_DIR = "protocols"
 
 @dataclasses.dataclass
 class Fold:
-  """One train/test split. ``train`` maps modality -> keys."""
-  train: dict[str, list[str]]
-  gallery: list[str]
-  probe: list[str]
+    """One train/test split. ``train`` maps modality -> keys."""
 
-  @property
-  def train_keys(self) -> list[str]:
-    return [k for keys in self.train.values() for k in keys]
+    train: dict[str, list[str]]
+    gallery: list[str]
+    probe: list[str]
+
+    @property
+    def train_keys(self) -> list[str]:
+        return [k for keys in self.train.values() for k in keys]
 
 
 @dataclasses.dataclass
 class Protocol:
-  """A k-fold HFR protocol: which keys train, which form the gallery and the probes."""
-  name: str
-  folds: list[Fold]
-  gallery_modality: str = "vis"
-  probe_modality: str = "nir"
-  description: str = ""
+    """A k-fold HFR protocol: which keys train, which form the gallery and the probes."""
 
-  @property
-  def num_folds(self) -> int:
-    return len(self.folds)
+    name: str
+    folds: list[Fold]
+    gallery_modality: str = "vis"
+    probe_modality: str = "nir"
+    description: str = ""
 
-  def fold(self, k: int) -> Fold:
-    """Fold ``k``, numbered from 1 as in the datasets' own lists."""
-    if not 1 <= k <= self.num_folds:
-      raise ValueError(f"protocol {self.name!r} has folds 1..{self.num_folds}, asked for {k}")
-    return self.folds[k - 1]
+    @property
+    def num_folds(self) -> int:
+        return len(self.folds)
 
-  def save(self, dataset_dir: str | os.PathLike) -> Path:
-    d = Path(dataset_dir) / PROTOCOL_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    modalities = sorted({m for f in self.folds for m in f.train})
-    for k, fold in enumerate(self.folds, start=1):
-      for m in modalities:
-        _write_list(d / f"{m}_train_{k}.txt", fold.train.get(m, []))
-      _write_list(d / f"{self.gallery_modality}_gallery_{k}.txt", fold.gallery)
-      _write_list(d / f"{self.probe_modality}_probe_{k}.txt", fold.probe)
-    meta = {"name": self.name, "num_folds": self.num_folds, "train_modalities": modalities,
-            "gallery_modality": self.gallery_modality, "probe_modality": self.probe_modality,
-            "description": self.description}
-    (d / "protocol.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    return d
+    def fold(self, k: int) -> Fold:
+        """Fold ``k``, numbered from 1 as in the datasets' own lists."""
+        if not 1 <= k <= self.num_folds:
+            raise ValueError(f"protocol {self.name!r} has folds 1..{self.num_folds}, asked for {k}")
+        return self.folds[k - 1]
 
-  @classmethod
-  def load(cls, dataset_dir: str | os.PathLike) -> "Protocol":
-    d = Path(dataset_dir) / PROTOCOL_DIR
-    meta_path = d / "protocol.json"
-    if not meta_path.exists():
-      raise FileNotFoundError(f"{meta_path} not found: dataset {dataset_dir} has no protocol")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    g, p = meta["gallery_modality"], meta["probe_modality"]
-    folds = []
-    for k in range(1, meta["num_folds"] + 1):
-      train = {m: _read_list(d / f"{m}_train_{k}.txt") for m in meta["train_modalities"]}
-      folds.append(Fold(train=train, gallery=_read_list(d / f"{g}_gallery_{k}.txt"),
-                        probe=_read_list(d / f"{p}_probe_{k}.txt")))
-    return cls(meta["name"], folds, g, p, meta.get("description", ""))
+    def save(self, dataset_dir: str | os.PathLike) -> Path:
+        d = Path(dataset_dir) / PROTOCOL_DIR
+        d.mkdir(parents=True, exist_ok=True)
+        modalities = sorted({m for f in self.folds for m in f.train})
+        for k, fold in enumerate(self.folds, start=1):
+            for m in modalities:
+                _write_list(d / f"{m}_train_{k}.txt", fold.train.get(m, []))
+            _write_list(d / f"{self.gallery_modality}_gallery_{k}.txt", fold.gallery)
+            _write_list(d / f"{self.probe_modality}_probe_{k}.txt", fold.probe)
+        meta = {
+            "name": self.name,
+            "num_folds": self.num_folds,
+            "train_modalities": modalities,
+            "gallery_modality": self.gallery_modality,
+            "probe_modality": self.probe_modality,
+            "description": self.description,
+        }
+        (d / "protocol.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        return d
+
+    @classmethod
+    def load(cls, dataset_dir: str | os.PathLike) -> "Protocol":
+        d = Path(dataset_dir) / PROTOCOL_DIR
+        meta_path = d / "protocol.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path} not found: dataset {dataset_dir} has no protocol")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        g, p = meta["gallery_modality"], meta["probe_modality"]
+        folds = []
+        for k in range(1, meta["num_folds"] + 1):
+            train = {m: _read_list(d / f"{m}_train_{k}.txt") for m in meta["train_modalities"]}
+            folds.append(
+                Fold(
+                    train=train,
+                    gallery=_read_list(d / f"{g}_gallery_{k}.txt"),
+                    probe=_read_list(d / f"{p}_probe_{k}.txt"),
+                )
+            )
+        return cls(meta["name"], folds, g, p, meta.get("description", ""))
 
 
 def _write_list(path: Path, keys: Sequence[str]) -> None:
-  path.write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
+    path.write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
 
 
 def _read_list(path: Path) -> list[str]:
-  if not path.exists():
-    raise FileNotFoundError(f"protocol list {path} is missing")
-  return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-          if line.strip()]
+    if not path.exists():
+        raise FileNotFoundError(f"protocol list {path} is missing")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -18,7 +18,20 @@ from hfrjax.eval.metrics import (
 from hfrjax.eval.protocols import embed_keys, evaluate_protocol, format_table
 
 __all__ = [
-    "BlockScores", "ExactPairScores", "aggregate", "auc", "cmc", "eer", "embed_keys",
-    "evaluate_protocol", "format_table", "map_minp", "mean_std", "rank1", "roc_curve",
-    "score_blocks", "tar_at_far", "verification_metrics",
+    "BlockScores",
+    "ExactPairScores",
+    "aggregate",
+    "auc",
+    "cmc",
+    "eer",
+    "embed_keys",
+    "evaluate_protocol",
+    "format_table",
+    "map_minp",
+    "mean_std",
+    "rank1",
+    "roc_curve",
+    "score_blocks",
+    "tar_at_far",
+    "verification_metrics",
 ]

@@ -71,33 +71,36 @@ UNMATCHED = ("exclude", "miss")
 
 
 def _as_scores(x, name: str) -> np.ndarray:
-  a = np.asarray(x).reshape(-1)
-  if a.size == 0:
-    raise ValueError(f"{name} is empty: a ROC needs at least one score of each kind")
-  a = a.astype(np.float64)  # Exact for float16/32 inputs, so distinct scores stay distinct.
-  if not np.isfinite(a).all():
-    raise ValueError(f"{name} contains {int((~np.isfinite(a)).sum())} non-finite value(s)")
-  return a
+    a = np.asarray(x).reshape(-1)
+    if a.size == 0:
+        raise ValueError(f"{name} is empty: a ROC needs at least one score of each kind")
+    a = a.astype(np.float64)  # Exact for float16/32 inputs, so distinct scores stay distinct.
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains {int((~np.isfinite(a)).sum())} non-finite value(s)")
+    return a
 
 
 def _as_similarity(similarity, probe_labels, gallery_labels):
-  sim = np.asarray(similarity)
-  if sim.ndim != 2:
-    raise ValueError(f"similarity must be [probes, gallery], got shape {sim.shape}")
-  pl = np.asarray(probe_labels).reshape(-1)
-  gl = np.asarray(gallery_labels).reshape(-1)
-  if sim.shape != (pl.size, gl.size):
-    raise ValueError(f"similarity has shape {sim.shape} but there are {pl.size} probe and "
-                     f"{gl.size} gallery labels")
-  if not np.isfinite(sim).all():
-    raise ValueError(f"similarity contains {int((~np.isfinite(sim)).sum())} non-finite "
-                     "value(s)")
-  return sim, pl, gl
+    sim = np.asarray(similarity)
+    if sim.ndim != 2:
+        raise ValueError(f"similarity must be [probes, gallery], got shape {sim.shape}")
+    pl = np.asarray(probe_labels).reshape(-1)
+    gl = np.asarray(gallery_labels).reshape(-1)
+    if sim.shape != (pl.size, gl.size):
+        raise ValueError(
+            f"similarity has shape {sim.shape} but there are {pl.size} probe and "
+            f"{gl.size} gallery labels"
+        )
+    if not np.isfinite(sim).all():
+        raise ValueError(
+            f"similarity contains {int((~np.isfinite(sim)).sum())} non-finite value(s)"
+        )
+    return sim, pl, gl
 
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,205 +109,229 @@ def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _RocCounts:
-  """ROC as integer counts: point i accepts the pairs scoring >= thresholds[i]."""
-  fp: np.ndarray  # [n] false accepts, non-decreasing, fp[0] = 0 (threshold +inf).
-  tp: np.ndarray  # [n] true accepts.
-  thresholds: np.ndarray  # [n] decreasing, thresholds[0] = +inf.
-  num_impostor: int
-  num_genuine: int
+    """ROC as integer counts: point i accepts the pairs scoring >= thresholds[i]."""
 
-  @property
-  def fpr(self) -> np.ndarray:
-    return self.fp / self.num_impostor
+    fp: np.ndarray  # [n] false accepts, non-decreasing, fp[0] = 0 (threshold +inf).
+    tp: np.ndarray  # [n] true accepts.
+    thresholds: np.ndarray  # [n] decreasing, thresholds[0] = +inf.
+    num_impostor: int
+    num_genuine: int
 
-  @property
-  def tpr(self) -> np.ndarray:
-    return self.tp / self.num_genuine
+    @property
+    def fpr(self) -> np.ndarray:
+        return self.fp / self.num_impostor
 
-  def drop_intermediate(self) -> "_RocCounts":
-    """Removes interior points of collinear runs, as sklearn's default roc_curve does.
+    @property
+    def tpr(self) -> np.ndarray:
+        return self.tp / self.num_genuine
 
-    Counts are exact integers, so "collinear" (zero second difference of both counts) is
-    decided exactly; the (0, 0) point and the first and last score thresholds always stay.
-    """
-    if self.fp.size <= 3:  # (0, 0) plus at most two thresholds: nothing to drop.
-      return self
-    fp, tp = self.fp[1:], self.tp[1:]
-    bend = (np.diff(fp, 2) != 0) | (np.diff(tp, 2) != 0)
-    keep = np.concatenate([[True, True], bend, [True]])
-    return dataclasses.replace(self, fp=self.fp[keep], tp=self.tp[keep],
-                               thresholds=self.thresholds[keep])
+    def drop_intermediate(self) -> "_RocCounts":
+        """Removes interior points of collinear runs, as sklearn's default roc_curve does.
+
+        Counts are exact integers, so "collinear" (zero second difference of both counts) is
+        decided exactly; the (0, 0) point and the first and last score thresholds always stay.
+        """
+        if self.fp.size <= 3:  # (0, 0) plus at most two thresholds: nothing to drop.
+            return self
+        fp, tp = self.fp[1:], self.tp[1:]
+        bend = (np.diff(fp, 2) != 0) | (np.diff(tp, 2) != 0)
+        keep = np.concatenate([[True, True], bend, [True]])
+        return dataclasses.replace(
+            self, fp=self.fp[keep], tp=self.tp[keep], thresholds=self.thresholds[keep]
+        )
 
 
 def _roc_counts(genuine_scores, impostor_scores) -> _RocCounts:
-  gen = _as_scores(genuine_scores, "genuine_scores")
-  imp = _as_scores(impostor_scores, "impostor_scores")
-  thresholds = np.unique(np.concatenate([gen, imp]))[::-1]
-  # Pairs accepted at threshold t: those scoring >= t. Counting with searchsorted on the
-  # sorted scores makes a whole tie group enter at once (one ROC point per distinct score).
-  tp = gen.size - np.searchsorted(np.sort(gen), thresholds, side="left")
-  fp = imp.size - np.searchsorted(np.sort(imp), thresholds, side="left")
-  return _RocCounts(fp=np.concatenate([[0], fp]), tp=np.concatenate([[0], tp]),
-                    thresholds=np.concatenate([[np.inf], thresholds]),
-                    num_impostor=imp.size, num_genuine=gen.size)
+    gen = _as_scores(genuine_scores, "genuine_scores")
+    imp = _as_scores(impostor_scores, "impostor_scores")
+    thresholds = np.unique(np.concatenate([gen, imp]))[::-1]
+    # Pairs accepted at threshold t: those scoring >= t. Counting with searchsorted on the
+    # sorted scores makes a whole tie group enter at once (one ROC point per distinct score).
+    tp = gen.size - np.searchsorted(np.sort(gen), thresholds, side="left")
+    fp = imp.size - np.searchsorted(np.sort(imp), thresholds, side="left")
+    return _RocCounts(
+        fp=np.concatenate([[0], fp]),
+        tp=np.concatenate([[0], tp]),
+        thresholds=np.concatenate([[np.inf], thresholds]),
+        num_impostor=imp.size,
+        num_genuine=gen.size,
+    )
 
 
-def roc_curve(genuine_scores, impostor_scores, *,
-              drop_intermediate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Exact ROC: (fpr, tpr, thresholds), one point per distinct score plus (0, 0) at +inf.
+def roc_curve(
+    genuine_scores, impostor_scores, *, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ROC: (fpr, tpr, thresholds), one point per distinct score plus (0, 0) at +inf.
 
-  Point i accepts every pair with score >= thresholds[i]; thresholds decrease, both rates are
-  non-decreasing. Same output as ``sklearn.metrics.roc_curve(labels, scores,
-  drop_intermediate=...)`` on the concatenated genuine (label 1) and impostor (label 0)
-  scores; the default here keeps every point (sklearn's default drops collinear ones).
-  """
-  roc = _roc_counts(genuine_scores, impostor_scores)
-  if drop_intermediate:
-    roc = roc.drop_intermediate()
-  return roc.fpr, roc.tpr, roc.thresholds
+    Point i accepts every pair with score >= thresholds[i]; thresholds decrease, both rates are
+    non-decreasing. Same output as ``sklearn.metrics.roc_curve(labels, scores,
+    drop_intermediate=...)`` on the concatenated genuine (label 1) and impostor (label 0)
+    scores; the default here keeps every point (sklearn's default drops collinear ones).
+    """
+    roc = _roc_counts(genuine_scores, impostor_scores)
+    if drop_intermediate:
+        roc = roc.drop_intermediate()
+    return roc.fpr, roc.tpr, roc.thresholds
 
 
 def _check_fars(fars) -> list[float]:
-  fars = [float(f) for f in np.atleast_1d(np.asarray(fars, dtype=np.float64))]
-  bad = [f for f in fars if not 0.0 <= f <= 1.0]
-  if bad:
-    raise ValueError(f"target FARs must lie in [0, 1], got {bad}")
-  return fars
+    fars = [float(f) for f in np.atleast_1d(np.asarray(fars, dtype=np.float64))]
+    bad = [f for f in fars if not 0.0 <= f <= 1.0]
+    if bad:
+        raise ValueError(f"target FARs must lie in [0, 1], got {bad}")
+    return fars
 
 
 def _tar_at_far(roc: _RocCounts, fars, method: str) -> dict[float, float]:
-  _check_choice(method, TAR_METHODS, "method")
-  fars = _check_fars(fars)
-  if method == "nearest":
-    curve = roc.drop_intermediate()
-    fpr, tpr = curve.fpr, curve.tpr
-  else:
-    fpr, tpr = roc.fpr, roc.tpr
-  out = {}
-  for far in fars:
+    _check_choice(method, TAR_METHODS, "method")
+    fars = _check_fars(fars)
     if method == "nearest":
-      # The field flips the curve and takes the first minimum of |fpr - far|: on the
-      # unflipped curve that is the last minimum, i.e. the largest TPR among equally near.
-      i = fpr.size - 1 - int(np.argmin(np.abs(fpr[::-1] - far)))
+        curve = roc.drop_intermediate()
+        fpr, tpr = curve.fpr, curve.tpr
     else:
-      i = int(np.searchsorted(fpr, far, side="right")) - 1  # Last point with FPR <= far.
-    out[far] = float(tpr[i])
-  return out
+        fpr, tpr = roc.fpr, roc.tpr
+    out = {}
+    for far in fars:
+        if method == "nearest":
+            # The field flips the curve and takes the first minimum of |fpr - far|: on the
+            # unflipped curve that is the last minimum, i.e. the largest TPR among equally near.
+            i = fpr.size - 1 - int(np.argmin(np.abs(fpr[::-1] - far)))
+        else:
+            i = int(np.searchsorted(fpr, far, side="right")) - 1  # Last point with FPR <= far.
+        out[far] = float(tpr[i])
+    return out
 
 
-def tar_at_far(genuine_scores, impostor_scores, fars: float | Iterable[float],
-               method: str = "nearest") -> dict[float, float]:
-  """{far: TAR}. Default ``"nearest"`` is the field's convention (comparable with published
-  numbers, see the module docstring); ``"strict"`` is the largest TAR whose FAR really is
-  <= the target."""
-  return _tar_at_far(_roc_counts(genuine_scores, impostor_scores), fars, method)
+def tar_at_far(
+    genuine_scores, impostor_scores, fars: float | Iterable[float], method: str = "nearest"
+) -> dict[float, float]:
+    """{far: TAR}. Default ``"nearest"`` is the field's convention (comparable with published
+    numbers, see the module docstring); ``"strict"`` is the largest TAR whose FAR really is
+    <= the target."""
+    return _tar_at_far(_roc_counts(genuine_scores, impostor_scores), fars, method)
 
 
 def eer_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-  """Equal error rate: where FPR = 1 - TPR on the piecewise-linear ROC.
+    """Equal error rate: where FPR = 1 - TPR on the piecewise-linear ROC.
 
-  fpr + tpr - 1 is non-decreasing along the ROC, from -1 at (0, 0) to +1 at (1, 1), so the
-  crossing is unique; it is found exactly on the segment that brackets it.
-  """
-  fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
-  g = fpr + tpr - 1.0
-  i = int(np.argmax(g >= 0.0))
-  if g[i] == 0.0 or i == 0:
-    return float(fpr[i])
-  t = -g[i - 1] / (g[i] - g[i - 1])
-  return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+    fpr + tpr - 1 is non-decreasing along the ROC, from -1 at (0, 0) to +1 at (1, 1), so the
+    crossing is unique; it is found exactly on the segment that brackets it.
+    """
+    fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
+    g = fpr + tpr - 1.0
+    i = int(np.argmax(g >= 0.0))
+    if g[i] == 0.0 or i == 0:
+        return float(fpr[i])
+    t = -g[i - 1] / (g[i] - g[i - 1])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
 def eer(genuine_scores, impostor_scores) -> float:
-  """Equal error rate (a fraction in [0, 0.5] for a better-than-chance scorer)."""
-  fpr, tpr, _ = roc_curve(genuine_scores, impostor_scores)
-  return eer_from_roc(fpr, tpr)
+    """Equal error rate (a fraction in [0, 0.5] for a better-than-chance scorer)."""
+    fpr, tpr, _ = roc_curve(genuine_scores, impostor_scores)
+    return eer_from_roc(fpr, tpr)
 
 
 def auc_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-  """Trapezoidal area under a ROC."""
-  fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
-  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
+    """Trapezoidal area under a ROC."""
+    fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
 
 
 def auc(genuine_scores, impostor_scores) -> float:
-  """Area under the exact ROC (= P(genuine > impostor) + P(tie) / 2)."""
-  fpr, tpr, _ = roc_curve(genuine_scores, impostor_scores)
-  return auc_from_roc(fpr, tpr)
+    """Area under the exact ROC (= P(genuine > impostor) + P(tie) / 2)."""
+    fpr, tpr, _ = roc_curve(genuine_scores, impostor_scores)
+    return auc_from_roc(fpr, tpr)
 
 
 def far_name(far: float) -> str:
-  """Compact label of a FAR: 1e-3 -> "1e-3", 0.05 -> "5e-2"."""
-  mantissa, exponent = f"{float(far):e}".split("e")
-  mantissa = mantissa.rstrip("0").rstrip(".")
-  return f"{mantissa}e{int(exponent)}"
+    """Compact label of a FAR: 1e-3 -> "1e-3", 0.05 -> "5e-2"."""
+    mantissa, exponent = f"{float(far):e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
 
 
-def verification_metrics(genuine_scores, impostor_scores, fars: Iterable[float] = (1e-3, 1e-2),
-                         method: str = "nearest") -> dict[str, float]:
-  """TAR@FAR for each far, EER and AUC from one ROC; keys "TAR@FAR=1e-3", "EER", "AUC"."""
-  roc = _roc_counts(genuine_scores, impostor_scores)
-  out = {f"TAR@FAR={far_name(f)}": v for f, v in _tar_at_far(roc, list(fars), method).items()}
-  out["EER"] = eer_from_roc(roc.fpr, roc.tpr)
-  out["AUC"] = auc_from_roc(roc.fpr, roc.tpr)
-  return out
+def verification_metrics(
+    genuine_scores, impostor_scores, fars: Iterable[float] = (1e-3, 1e-2), method: str = "nearest"
+) -> dict[str, float]:
+    """TAR@FAR for each far, EER and AUC from one ROC; keys "TAR@FAR=1e-3", "EER", "AUC"."""
+    roc = _roc_counts(genuine_scores, impostor_scores)
+    out = {f"TAR@FAR={far_name(f)}": v for f, v in _tar_at_far(roc, list(fars), method).items()}
+    out["EER"] = eer_from_roc(roc.fpr, roc.tpr)
+    out["AUC"] = auc_from_roc(roc.fpr, roc.tpr)
+    return out
 
 
 def pair_scores(similarity, probe_labels, gallery_labels) -> tuple[np.ndarray, np.ndarray]:
-  """(genuine, impostor) scores of a dense similarity matrix, in row-major pair order."""
-  sim, pl, gl = _as_similarity(similarity, probe_labels, gallery_labels)
-  same = pl[:, None] == gl[None, :]
-  return sim[same], sim[~same]
+    """(genuine, impostor) scores of a dense similarity matrix, in row-major pair order."""
+    sim, pl, gl = _as_similarity(similarity, probe_labels, gallery_labels)
+    same = pl[:, None] == gl[None, :]
+    return sim[same], sim[~same]
 
 
 # --------------------------------------------------------------------------------------------
 # Identification (CMC).
 
 
-def first_match_ranks(similarity, probe_labels, gallery_labels,
-                      ties: str = "pessimistic") -> np.ndarray:
-  """1-based rank of each probe's best-scoring correct gallery match; 0 if it has none.
+def first_match_ranks(
+    similarity, probe_labels, gallery_labels, ties: str = "pessimistic"
+) -> np.ndarray:
+    """1-based rank of each probe's best-scoring correct gallery match; 0 if it has none.
 
-  rank = 1 + #(impostor gallery items scoring above the best genuine one), where "above"
-  includes equal scores when ``ties="pessimistic"``.
-  """
-  _check_choice(ties, TIES, "ties")
-  sim, pl, gl = _as_similarity(similarity, probe_labels, gallery_labels)
-  same = pl[:, None] == gl[None, :]
-  best = np.where(same, sim, -np.inf).max(axis=1, initial=-np.inf)
-  ahead = sim >= best[:, None] if ties == "pessimistic" else sim > best[:, None]
-  ranks = 1 + np.sum(ahead & ~same, axis=1)
-  return np.where(same.any(axis=1), ranks, 0).astype(np.int64)
+    rank = 1 + #(impostor gallery items scoring above the best genuine one), where "above"
+    includes equal scores when ``ties="pessimistic"``.
+    """
+    _check_choice(ties, TIES, "ties")
+    sim, pl, gl = _as_similarity(similarity, probe_labels, gallery_labels)
+    same = pl[:, None] == gl[None, :]
+    best = np.where(same, sim, -np.inf).max(axis=1, initial=-np.inf)
+    ahead = sim >= best[:, None] if ties == "pessimistic" else sim > best[:, None]
+    ranks = 1 + np.sum(ahead & ~same, axis=1)
+    return np.where(same.any(axis=1), ranks, 0).astype(np.int64)
 
 
 def cmc_from_ranks(ranks, max_rank: int, unmatched: str = "exclude") -> np.ndarray:
-  """CMC curve [max_rank] (entry k-1 = rank-k rate) from `first_match_ranks` (0 = no match)."""
-  _check_choice(unmatched, UNMATCHED, "unmatched")
-  if max_rank < 1:
-    raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-  ranks = np.asarray(ranks).reshape(-1)
-  if unmatched == "exclude":
-    ranks = ranks[ranks > 0]
-    if ranks.size == 0:
-      raise ValueError("no probe has a correct match in the gallery; CMC is undefined")
-  elif ranks.size == 0:
-    raise ValueError("no probes")
-  hits = np.bincount(ranks[ranks > 0], minlength=max_rank + 1)[1:max_rank + 1]
-  return np.cumsum(hits) / ranks.size
+    """CMC curve [max_rank] (entry k-1 = rank-k rate) from `first_match_ranks` (0 = no match)."""
+    _check_choice(unmatched, UNMATCHED, "unmatched")
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    ranks = np.asarray(ranks).reshape(-1)
+    if unmatched == "exclude":
+        ranks = ranks[ranks > 0]
+        if ranks.size == 0:
+            raise ValueError("no probe has a correct match in the gallery; CMC is undefined")
+    elif ranks.size == 0:
+        raise ValueError("no probes")
+    hits = np.bincount(ranks[ranks > 0], minlength=max_rank + 1)[1 : max_rank + 1]
+    return np.cumsum(hits) / ranks.size
 
 
-def cmc(similarity, probe_labels, gallery_labels, max_rank: int = 20, *,
-        ties: str = "pessimistic", unmatched: str = "exclude") -> np.ndarray:
-  """Cumulative match characteristic: [max_rank] identification rates (fractions)."""
-  ranks = first_match_ranks(similarity, probe_labels, gallery_labels, ties)
-  return cmc_from_ranks(ranks, max_rank, unmatched)
+def cmc(
+    similarity,
+    probe_labels,
+    gallery_labels,
+    max_rank: int = 20,
+    *,
+    ties: str = "pessimistic",
+    unmatched: str = "exclude",
+) -> np.ndarray:
+    """Cumulative match characteristic: [max_rank] identification rates (fractions)."""
+    ranks = first_match_ranks(similarity, probe_labels, gallery_labels, ties)
+    return cmc_from_ranks(ranks, max_rank, unmatched)
 
 
-def rank1(similarity, probe_labels, gallery_labels, *, ties: str = "pessimistic",
-          unmatched: str = "exclude") -> float:
-  """Rank-1 identification rate (fraction)."""
-  return float(cmc(similarity, probe_labels, gallery_labels, 1, ties=ties,
-                   unmatched=unmatched)[0])
+def rank1(
+    similarity,
+    probe_labels,
+    gallery_labels,
+    *,
+    ties: str = "pessimistic",
+    unmatched: str = "exclude",
+) -> float:
+    """Rank-1 identification rate (fraction)."""
+    return float(
+        cmc(similarity, probe_labels, gallery_labels, 1, ties=ties, unmatched=unmatched)[0]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,43 +339,44 @@ def rank1(similarity, probe_labels, gallery_labels, *, ties: str = "pessimistic"
 
 
 def _ap_inp_from_sorted(sorted_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per-query (AP, INP, #positives) from positive flags [Q, G] in ranked order."""
-  g = sorted_pos.shape[1]
-  pos = sorted_pos.astype(np.float64)
-  npos = pos.sum(axis=1)
-  precision_at_hit = np.cumsum(pos, axis=1) / np.arange(1, g + 1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    ap = (pos * precision_at_hit).sum(axis=1) / npos
-    last = g - np.argmax(sorted_pos[:, ::-1], axis=1)  # 1-based rank of the hardest positive.
-    inp = npos / last
-  none = npos == 0
-  ap[none], inp[none] = np.nan, np.nan
-  return ap, inp, npos.astype(np.int64)
+    """Per-query (AP, INP, #positives) from positive flags [Q, G] in ranked order."""
+    g = sorted_pos.shape[1]
+    pos = sorted_pos.astype(np.float64)
+    npos = pos.sum(axis=1)
+    precision_at_hit = np.cumsum(pos, axis=1) / np.arange(1, g + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (pos * precision_at_hit).sum(axis=1) / npos
+        last = g - np.argmax(sorted_pos[:, ::-1], axis=1)  # 1-based rank of the hardest positive.
+        inp = npos / last
+    none = npos == 0
+    ap[none], inp[none] = np.nan, np.nan
+    return ap, inp, npos.astype(np.int64)
 
 
-def retrieval_per_query(similarity, probe_labels,
-                        gallery_labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per-query (AP, INP, #positives); AP and INP are NaN for queries without a match."""
-  sim, pl, gl = _as_similarity(similarity, probe_labels, gallery_labels)
-  same = pl[:, None] == gl[None, :]
-  # Descending score; among equal scores negatives first (pessimistic).
-  order = np.lexsort((same, -sim), axis=-1)
-  return _ap_inp_from_sorted(np.take_along_axis(same, order, axis=1))
+def retrieval_per_query(
+    similarity, probe_labels, gallery_labels
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query (AP, INP, #positives); AP and INP are NaN for queries without a match."""
+    sim, pl, gl = _as_similarity(similarity, probe_labels, gallery_labels)
+    same = pl[:, None] == gl[None, :]
+    # Descending score; among equal scores negatives first (pessimistic).
+    order = np.lexsort((same, -sim), axis=-1)
+    return _ap_inp_from_sorted(np.take_along_axis(same, order, axis=1))
 
 
 def mean_over_matched(ap, inp) -> tuple[float, float]:
-  """(mAP, mINP) over the queries with a match (NaN entries are the skipped ones)."""
-  ap, inp = np.asarray(ap, np.float64), np.asarray(inp, np.float64)
-  ok = ~np.isnan(ap)
-  if not ok.any():
-    raise ValueError("no query has a match in the gallery; mAP/mINP are undefined")
-  return float(ap[ok].mean()), float(inp[ok].mean())
+    """(mAP, mINP) over the queries with a match (NaN entries are the skipped ones)."""
+    ap, inp = np.asarray(ap, np.float64), np.asarray(inp, np.float64)
+    ok = ~np.isnan(ap)
+    if not ok.any():
+        raise ValueError("no query has a match in the gallery; mAP/mINP are undefined")
+    return float(ap[ok].mean()), float(inp[ok].mean())
 
 
 def map_minp(similarity, probe_labels, gallery_labels) -> tuple[float, float]:
-  """(mAP, mINP) as fractions; queries with no gallery match are skipped."""
-  ap, inp, _ = retrieval_per_query(similarity, probe_labels, gallery_labels)
-  return mean_over_matched(ap, inp)
+    """(mAP, mINP) as fractions; queries with no gallery match are skipped."""
+    ap, inp, _ = retrieval_per_query(similarity, probe_labels, gallery_labels)
+    return mean_over_matched(ap, inp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,28 +384,29 @@ def map_minp(similarity, probe_labels, gallery_labels) -> tuple[float, float]:
 
 
 def mean_std(values: Iterable[float], ddof: int = 0) -> tuple[float, float]:
-  """(mean, std) over folds; ddof=0 is the population std (np.std), as the field reports."""
-  v = np.asarray(list(values), np.float64)
-  if v.size == 0:
-    raise ValueError("mean_std of no values")
-  if v.size <= ddof:
-    raise ValueError(f"{v.size} value(s) are too few for ddof={ddof}")
-  return float(v.mean()), float(v.std(ddof=ddof))
+    """(mean, std) over folds; ddof=0 is the population std (np.std), as the field reports."""
+    v = np.asarray(list(values), np.float64)
+    if v.size == 0:
+        raise ValueError("mean_std of no values")
+    if v.size <= ddof:
+        raise ValueError(f"{v.size} value(s) are too few for ddof={ddof}")
+    return float(v.mean()), float(v.std(ddof=ddof))
 
 
-def aggregate(per_fold: Sequence[Mapping[str, float]],
-              ddof: int = 0) -> tuple[dict[str, float], dict[str, float]]:
-  """Per-fold metric dicts -> ({name: mean}, {name: std}); every fold must have every name."""
-  if not per_fold:
-    raise ValueError("aggregate of no folds")
-  names = list(per_fold[0])
-  for i, m in enumerate(per_fold):
-    if set(m) != set(names):
-      raise ValueError(f"fold #{i} has metrics {sorted(m)}, fold #0 has {sorted(names)}")
-  mean, std = {}, {}
-  for n in names:
-    mean[n], std[n] = mean_std([m[n] for m in per_fold], ddof)
-  return mean, std
+def aggregate(
+    per_fold: Sequence[Mapping[str, float]], ddof: int = 0
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-fold metric dicts -> ({name: mean}, {name: std}); every fold must have every name."""
+    if not per_fold:
+        raise ValueError("aggregate of no folds")
+    names = list(per_fold[0])
+    for i, m in enumerate(per_fold):
+        if set(m) != set(names):
+            raise ValueError(f"fold #{i} has metrics {sorted(m)}, fold #0 has {sorted(names)}")
+    mean, std = {}, {}
+    for n in names:
+        mean[n], std[n] = mean_std([m[n] for m in per_fold], ddof)
+    return mean, std
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,155 +414,183 @@ def aggregate(per_fold: Sequence[Mapping[str, float]],
 
 
 class PairScoreReducer(Protocol):
-  """Reduces the similarity blocks to what verification metrics need.
+    """Reduces the similarity blocks to what verification metrics need.
 
-  `update` sees each probe block's similarities [b, G] (host numpy, padding removed) and its
-  same-identity mask; `result` returns whatever the metrics consume. `ExactPairScores` keeps
-  every score; a bounded-memory variant (e.g. a fine histogram of impostor scores) can be
-  swapped in for huge galleries.
-  """
+    `update` sees each probe block's similarities [b, G] (host numpy, padding removed) and its
+    same-identity mask; `result` returns whatever the metrics consume. `ExactPairScores` keeps
+    every score; a bounded-memory variant (e.g. a fine histogram of impostor scores) can be
+    swapped in for huge galleries.
+    """
 
-  def update(self, sim_block: np.ndarray, same_block: np.ndarray) -> None:
-    ...
+    def update(self, sim_block: np.ndarray, same_block: np.ndarray) -> None: ...
 
-  def result(self) -> tuple[np.ndarray, np.ndarray]:
-    ...
+    def result(self) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class ExactPairScores:
-  """Keeps every genuine and impostor score, in row-major (probe, gallery) order."""
+    """Keeps every genuine and impostor score, in row-major (probe, gallery) order."""
 
-  def __init__(self):
-    self._genuine: list[np.ndarray] = []
-    self._impostor: list[np.ndarray] = []
+    def __init__(self):
+        self._genuine: list[np.ndarray] = []
+        self._impostor: list[np.ndarray] = []
 
-  def update(self, sim_block: np.ndarray, same_block: np.ndarray) -> None:
-    self._genuine.append(sim_block[same_block])
-    self._impostor.append(sim_block[~same_block])
+    def update(self, sim_block: np.ndarray, same_block: np.ndarray) -> None:
+        self._genuine.append(sim_block[same_block])
+        self._impostor.append(sim_block[~same_block])
 
-  def result(self) -> tuple[np.ndarray, np.ndarray]:
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,), np.float32)  # noqa: E731
-    return cat(self._genuine), cat(self._impostor)
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,), np.float32)  # noqa: E731
+        return cat(self._genuine), cat(self._impostor)
 
 
 @dataclasses.dataclass
 class BlockScores:
-  """What `score_blocks` returns; per-probe arrays follow the probe order."""
-  genuine: np.ndarray  # [n_genuine] scores of same-identity pairs.
-  impostor: np.ndarray  # [n_impostor] scores of different-identity pairs.
-  first_rank: np.ndarray  # [P] 1-based rank of the first correct match; 0 = none in gallery.
-  average_precision: np.ndarray | None  # [P], NaN where no match (None if not computed).
-  inp: np.ndarray | None  # [P] inverse negative penalty, NaN where no match.
-  num_positives: np.ndarray  # [P] gallery items sharing the probe's identity.
+    """What `score_blocks` returns; per-probe arrays follow the probe order."""
 
-  def cmc(self, max_rank: int, unmatched: str = "exclude") -> np.ndarray:
-    return cmc_from_ranks(self.first_rank, max_rank, unmatched)
+    genuine: np.ndarray  # [n_genuine] scores of same-identity pairs.
+    impostor: np.ndarray  # [n_impostor] scores of different-identity pairs.
+    first_rank: np.ndarray  # [P] 1-based rank of the first correct match; 0 = none in gallery.
+    average_precision: np.ndarray | None  # [P], NaN where no match (None if not computed).
+    inp: np.ndarray | None  # [P] inverse negative penalty, NaN where no match.
+    num_positives: np.ndarray  # [P] gallery items sharing the probe's identity.
 
-  def map_minp(self) -> tuple[float, float]:
-    if self.average_precision is None:
-      raise ValueError("score_blocks ran with retrieval=False; no AP/INP were computed")
-    return mean_over_matched(self.average_precision, self.inp)
+    def cmc(self, max_rank: int, unmatched: str = "exclude") -> np.ndarray:
+        return cmc_from_ranks(self.first_rank, max_rank, unmatched)
+
+    def map_minp(self) -> tuple[float, float]:
+        if self.average_precision is None:
+            raise ValueError("score_blocks ran with retrieval=False; no AP/INP were computed")
+        return mean_over_matched(self.average_precision, self.inp)
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 _l2_normalize_jit = jax.jit(_l2_normalize)
 
 
 @functools.partial(jax.jit, static_argnames=("normalize", "pessimistic", "retrieval"))
-def _score_block(probe: jax.Array, probe_labels: jax.Array, gallery: jax.Array,
-                 gallery_labels: jax.Array, *, normalize: bool, pessimistic: bool,
-                 retrieval: bool):
-  """One probe block [b, D] against the whole gallery [G, D] -> similarities and reductions."""
-  if normalize:
-    probe = _l2_normalize(probe)
-  sim = jnp.matmul(probe, gallery.T, precision=jax.lax.Precision.HIGHEST)
-  same = probe_labels[:, None] == gallery_labels[None, :]
-  best = jnp.max(jnp.where(same, sim, -jnp.inf), axis=1, keepdims=True)
-  ahead = (sim >= best) if pessimistic else (sim > best)
-  npos = jnp.sum(same, axis=1)
-  rank = jnp.where(npos > 0, 1 + jnp.sum(ahead & ~same, axis=1), 0)
-  out = {"sim": sim, "rank": rank, "npos": npos}
-  if retrieval:
-    g = sim.shape[1]
-    # Lexicographic sort: descending score, then negatives before positives (pessimistic).
-    _, sorted_pos = jax.lax.sort((-sim, same.astype(jnp.int32)), dimension=1, num_keys=2)
-    pos = sorted_pos.astype(jnp.float32)
-    hits = jnp.cumsum(pos, axis=1)
-    n = jnp.maximum(npos, 1).astype(jnp.float32)
-    ap = jnp.sum(pos * hits / jnp.arange(1, g + 1, dtype=jnp.float32), axis=1) / n
-    last = g - jnp.argmax(sorted_pos[:, ::-1], axis=1)
-    inp = npos.astype(jnp.float32) / last.astype(jnp.float32)
-    out["ap"] = jnp.where(npos > 0, ap, jnp.nan)
-    out["inp"] = jnp.where(npos > 0, inp, jnp.nan)
-  return out
-
-
-def score_blocks(probe_emb, gallery_emb, probe_labels, gallery_labels, block_size: int = 1024,
-                 *, normalize: bool = True, ties: str = "pessimistic", retrieval: bool = True,
-                 reducer: PairScoreReducer | None = None) -> BlockScores:
-  """Cosine-scores every probe against the gallery, one jitted probe block at a time.
-
-  Only one [block_size, G] similarity block exists on the device at a time (the gallery stays
-  there whole); each block is reduced to per-probe first-match ranks (CMC), AP and INP
-  (``retrieval=True``) on device, and its pair scores are handed to ``reducer`` on the host
-  (default `ExactPairScores`). The last block is padded to ``block_size`` so the step
-  compiles once. ``normalize=False`` uses raw dot products (embeddings already unit-norm).
-  """
-  _check_choice(ties, TIES, "ties")
-  probe = np.asarray(probe_emb, np.float32)
-  gallery = np.asarray(gallery_emb, np.float32)
-  pl = np.asarray(probe_labels).reshape(-1)
-  gl = np.asarray(gallery_labels).reshape(-1)
-  if probe.ndim != 2 or gallery.ndim != 2 or probe.shape[1] != gallery.shape[1]:
-    raise ValueError(f"embeddings must be [P, D] and [G, D], got {probe.shape} and "
-                     f"{gallery.shape}")
-  if pl.size != probe.shape[0] or gl.size != gallery.shape[0]:
-    raise ValueError(f"{probe.shape[0]} probe / {gallery.shape[0]} gallery embeddings but "
-                     f"{pl.size} / {gl.size} labels")
-  if probe.shape[0] == 0 or gallery.shape[0] == 0:
-    raise ValueError(f"nothing to score: {probe.shape[0]} probes, {gallery.shape[0]} gallery")
-  for name, e in (("probe", probe), ("gallery", gallery)):
-    if not np.isfinite(e).all():
-      raise ValueError(f"{name} embeddings contain non-finite values")
-  if block_size < 1:
-    raise ValueError(f"block_size must be positive, got {block_size}")
-  if not (np.issubdtype(pl.dtype, np.integer) and np.issubdtype(gl.dtype, np.integer)):
-    raise ValueError(f"labels must be integers, got {pl.dtype} and {gl.dtype}")
-  lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
-  if min(pl.min(), gl.min()) < lo or max(pl.max(), gl.max()) > hi:
-    raise ValueError("labels must fit in int32 (they are compared on the device)")
-  reducer = ExactPairScores() if reducer is None else reducer
-
-  p = probe.shape[0]
-  b = min(block_size, p)
-  gallery_dev = jnp.asarray(gallery)
-  if normalize:
-    gallery_dev = _l2_normalize_jit(gallery_dev)
-  gl_dev = jnp.asarray(gl.astype(np.int32))
-  ranks, npos, aps, inps = [], [], [], []
-  for start in range(0, p, b):
-    n = min(b, p - start)
-    blk = np.zeros((b, probe.shape[1]), np.float32)
-    blk[:n] = probe[start:start + n]
-    lab = np.zeros((b,), np.int32)
-    lab[:n] = pl[start:start + n]
-    out = jax.device_get(_score_block(jnp.asarray(blk), jnp.asarray(lab), gallery_dev, gl_dev,
-                                      normalize=normalize, pessimistic=ties == "pessimistic",
-                                      retrieval=retrieval))
-    sim = out["sim"][:n]
-    reducer.update(sim, pl[start:start + n, None] == gl[None, :])
-    ranks.append(out["rank"][:n])
-    npos.append(out["npos"][:n])
+def _score_block(
+    probe: jax.Array,
+    probe_labels: jax.Array,
+    gallery: jax.Array,
+    gallery_labels: jax.Array,
+    *,
+    normalize: bool,
+    pessimistic: bool,
+    retrieval: bool,
+):
+    """One probe block [b, D] against the whole gallery [G, D] -> similarities and reductions."""
+    if normalize:
+        probe = _l2_normalize(probe)
+    sim = jnp.matmul(probe, gallery.T, precision=jax.lax.Precision.HIGHEST)
+    same = probe_labels[:, None] == gallery_labels[None, :]
+    best = jnp.max(jnp.where(same, sim, -jnp.inf), axis=1, keepdims=True)
+    ahead = (sim >= best) if pessimistic else (sim > best)
+    npos = jnp.sum(same, axis=1)
+    rank = jnp.where(npos > 0, 1 + jnp.sum(ahead & ~same, axis=1), 0)
+    out = {"sim": sim, "rank": rank, "npos": npos}
     if retrieval:
-      aps.append(out["ap"][:n])
-      inps.append(out["inp"][:n])
-  genuine, impostor = reducer.result()
-  return BlockScores(
-      genuine=genuine, impostor=impostor,
-      first_rank=np.concatenate(ranks).astype(np.int64),
-      average_precision=np.concatenate(aps).astype(np.float64) if retrieval else None,
-      inp=np.concatenate(inps).astype(np.float64) if retrieval else None,
-      num_positives=np.concatenate(npos).astype(np.int64))
+        g = sim.shape[1]
+        # Lexicographic sort: descending score, then negatives before positives (pessimistic).
+        _, sorted_pos = jax.lax.sort((-sim, same.astype(jnp.int32)), dimension=1, num_keys=2)
+        pos = sorted_pos.astype(jnp.float32)
+        hits = jnp.cumsum(pos, axis=1)
+        n = jnp.maximum(npos, 1).astype(jnp.float32)
+        ap = jnp.sum(pos * hits / jnp.arange(1, g + 1, dtype=jnp.float32), axis=1) / n
+        last = g - jnp.argmax(sorted_pos[:, ::-1], axis=1)
+        inp = npos.astype(jnp.float32) / last.astype(jnp.float32)
+        out["ap"] = jnp.where(npos > 0, ap, jnp.nan)
+        out["inp"] = jnp.where(npos > 0, inp, jnp.nan)
+    return out
+
+
+def score_blocks(
+    probe_emb,
+    gallery_emb,
+    probe_labels,
+    gallery_labels,
+    block_size: int = 1024,
+    *,
+    normalize: bool = True,
+    ties: str = "pessimistic",
+    retrieval: bool = True,
+    reducer: PairScoreReducer | None = None,
+) -> BlockScores:
+    """Cosine-scores every probe against the gallery, one jitted probe block at a time.
+
+    Only one [block_size, G] similarity block exists on the device at a time (the gallery stays
+    there whole); each block is reduced to per-probe first-match ranks (CMC), AP and INP
+    (``retrieval=True``) on device, and its pair scores are handed to ``reducer`` on the host
+    (default `ExactPairScores`). The last block is padded to ``block_size`` so the step
+    compiles once. ``normalize=False`` uses raw dot products (embeddings already unit-norm).
+    """
+    _check_choice(ties, TIES, "ties")
+    probe = np.asarray(probe_emb, np.float32)
+    gallery = np.asarray(gallery_emb, np.float32)
+    pl = np.asarray(probe_labels).reshape(-1)
+    gl = np.asarray(gallery_labels).reshape(-1)
+    if probe.ndim != 2 or gallery.ndim != 2 or probe.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"embeddings must be [P, D] and [G, D], got {probe.shape} and {gallery.shape}"
+        )
+    if pl.size != probe.shape[0] or gl.size != gallery.shape[0]:
+        raise ValueError(
+            f"{probe.shape[0]} probe / {gallery.shape[0]} gallery embeddings but "
+            f"{pl.size} / {gl.size} labels"
+        )
+    if probe.shape[0] == 0 or gallery.shape[0] == 0:
+        raise ValueError(f"nothing to score: {probe.shape[0]} probes, {gallery.shape[0]} gallery")
+    for name, e in (("probe", probe), ("gallery", gallery)):
+        if not np.isfinite(e).all():
+            raise ValueError(f"{name} embeddings contain non-finite values")
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if not (np.issubdtype(pl.dtype, np.integer) and np.issubdtype(gl.dtype, np.integer)):
+        raise ValueError(f"labels must be integers, got {pl.dtype} and {gl.dtype}")
+    lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    if min(pl.min(), gl.min()) < lo or max(pl.max(), gl.max()) > hi:
+        raise ValueError("labels must fit in int32 (they are compared on the device)")
+    reducer = ExactPairScores() if reducer is None else reducer
+
+    p = probe.shape[0]
+    b = min(block_size, p)
+    gallery_dev = jnp.asarray(gallery)
+    if normalize:
+        gallery_dev = _l2_normalize_jit(gallery_dev)
+    gl_dev = jnp.asarray(gl.astype(np.int32))
+    ranks, npos, aps, inps = [], [], [], []
+    for start in range(0, p, b):
+        n = min(b, p - start)
+        blk = np.zeros((b, probe.shape[1]), np.float32)
+        blk[:n] = probe[start : start + n]
+        lab = np.zeros((b,), np.int32)
+        lab[:n] = pl[start : start + n]
+        out = jax.device_get(
+            _score_block(
+                jnp.asarray(blk),
+                jnp.asarray(lab),
+                gallery_dev,
+                gl_dev,
+                normalize=normalize,
+                pessimistic=ties == "pessimistic",
+                retrieval=retrieval,
+            )
+        )
+        sim = out["sim"][:n]
+        reducer.update(sim, pl[start : start + n, None] == gl[None, :])
+        ranks.append(out["rank"][:n])
+        npos.append(out["npos"][:n])
+        if retrieval:
+            aps.append(out["ap"][:n])
+            inps.append(out["inp"][:n])
+    genuine, impostor = reducer.result()
+    return BlockScores(
+        genuine=genuine,
+        impostor=impostor,
+        first_rank=np.concatenate(ranks).astype(np.int64),
+        average_precision=np.concatenate(aps).astype(np.float64) if retrieval else None,
+        inp=np.concatenate(inps).astype(np.float64) if retrieval else None,
+        num_positives=np.concatenate(npos).astype(np.int64),
+    )

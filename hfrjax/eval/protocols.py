@@ -36,62 +36,77 @@ ImageTransform = Callable[[np.ndarray], np.ndarray]  # uint8 [B, H, W, C] -> sam
 
 
 def _embed_batch(embed_fn: EmbedFn, images: np.ndarray) -> np.ndarray:
-  out = np.asarray(embed_fn(images), np.float32)
-  if out.ndim != 2 or out.shape[0] != images.shape[0]:
-    raise ValueError(f"embed_fn must map images {images.shape} to embeddings "
-                     f"[{images.shape[0]}, D], got shape {out.shape}")
-  return out
+    out = np.asarray(embed_fn(images), np.float32)
+    if out.ndim != 2 or out.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"embed_fn must map images {images.shape} to embeddings "
+            f"[{images.shape[0]}, D], got shape {out.shape}"
+        )
+    return out
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-  """Rows scaled to unit norm (all-zero rows stay zero)."""
-  x = np.asarray(x, np.float32)
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """Rows scaled to unit norm (all-zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def embed_keys(embed_fn: EmbedFn, dataset: Dataset, keys: Sequence[str], batch_size: int, *,
-               image_size: tuple[int, int] | None = None, channels: int = 3,
-               flip_fuse: bool = False, transform: ImageTransform | None = None,
-               num_threads: int = 2) -> np.ndarray:
-  """L2-normalised embeddings [N, D] of the given sample keys, in order.
+def embed_keys(
+    embed_fn: EmbedFn,
+    dataset: Dataset,
+    keys: Sequence[str],
+    batch_size: int,
+    *,
+    image_size: tuple[int, int] | None = None,
+    channels: int = 3,
+    flip_fuse: bool = False,
+    transform: ImageTransform | None = None,
+    num_threads: int = 2,
+) -> np.ndarray:
+    """L2-normalised embeddings [N, D] of the given sample keys, in order.
 
-  ``embed_fn`` always sees full batches of ``batch_size`` uint8 images (the last one padded,
-  so a jitted model compiles once); padding rows are dropped. ``transform`` (e.g. an
-  occlusion) is applied to the uint8 batch first; ``flip_fuse`` adds the embedding of the
-  horizontally flipped images before normalising, the usual test-time augmentation.
-  """
-  keys = list(keys)
-  if not keys:
-    raise ValueError("embed_keys got no keys")
-  parts, done = [], 0
-  for batch in pipeline.iter_eval_batches(dataset, keys, batch_size, image_size=image_size,
-                                          channels=channels, num_threads=num_threads):
-    images = batch["image"]
-    if transform is not None:
-      transformed = np.asarray(transform(images))
-      if transformed.shape != images.shape:
-        raise ValueError(f"transform changed the batch shape {images.shape} to "
-                         f"{transformed.shape}")
-      images = transformed
-    emb = _embed_batch(embed_fn, images)
-    if flip_fuse:
-      flipped = _embed_batch(embed_fn, np.ascontiguousarray(images[:, :, ::-1]))
-      if flipped.shape != emb.shape:
-        raise ValueError(f"embed_fn gave {emb.shape} and {flipped.shape} for a batch and its "
-                         "flip")
-      emb = emb + flipped
-    valid = np.asarray(batch["valid"], bool)
-    emb = emb[valid]
-    if not np.isfinite(emb).all():
-      bad = np.nonzero(~np.isfinite(emb).all(axis=1))[0]
-      raise ValueError(f"embed_fn returned non-finite embeddings, e.g. for key "
-                       f"{keys[done + int(bad[0])]!r}")
-    done += emb.shape[0]
-    parts.append(emb)
-  out = np.concatenate(parts)
-  if out.shape[0] != len(keys):
-    raise RuntimeError(f"embedded {out.shape[0]} images for {len(keys)} keys")
-  return l2_normalize(out)
+    ``embed_fn`` always sees full batches of ``batch_size`` uint8 images (the last one padded,
+    so a jitted model compiles once); padding rows are dropped. ``transform`` (e.g. an
+    occlusion) is applied to the uint8 batch first; ``flip_fuse`` adds the embedding of the
+    horizontally flipped images before normalising, the usual test-time augmentation.
+    """
+    keys = list(keys)
+    if not keys:
+        raise ValueError("embed_keys got no keys")
+    parts, done = [], 0
+    for batch in pipeline.iter_eval_batches(
+        dataset, keys, batch_size, image_size=image_size, channels=channels, num_threads=num_threads
+    ):
+        images = batch["image"]
+        if transform is not None:
+            transformed = np.asarray(transform(images))
+            if transformed.shape != images.shape:
+                raise ValueError(
+                    f"transform changed the batch shape {images.shape} to {transformed.shape}"
+                )
+            images = transformed
+        emb = _embed_batch(embed_fn, images)
+        if flip_fuse:
+            flipped = _embed_batch(embed_fn, np.ascontiguousarray(images[:, :, ::-1]))
+            if flipped.shape != emb.shape:
+                raise ValueError(
+                    f"embed_fn gave {emb.shape} and {flipped.shape} for a batch and its flip"
+                )
+            emb = emb + flipped
+        valid = np.asarray(batch["valid"], bool)
+        emb = emb[valid]
+        if not np.isfinite(emb).all():
+            bad = np.nonzero(~np.isfinite(emb).all(axis=1))[0]
+            raise ValueError(
+                f"embed_fn returned non-finite embeddings, e.g. for key "
+                f"{keys[done + int(bad[0])]!r}"
+            )
+        done += emb.shape[0]
+        parts.append(emb)
+    out = np.concatenate(parts)
+    if out.shape[0] != len(keys):
+        raise RuntimeError(f"embedded {out.shape[0]} images for {len(keys)} keys")
+    return l2_normalize(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,126 +114,180 @@ def embed_keys(embed_fn: EmbedFn, dataset: Dataset, keys: Sequence[str], batch_s
 
 
 def _directions(protocol: Protocol) -> dict[str, str]:
-  p, g = protocol.probe_modality, protocol.gallery_modality
-  d = {"gallery->gallery": "gallery", f"{g}->{g}": "gallery",
-       "gallery->probe": "reverse", f"{g}->{p}": "reverse",
-       "probe->gallery": "forward", f"{p}->{g}": "forward"}
-  return d
+    p, g = protocol.probe_modality, protocol.gallery_modality
+    d = {
+        "gallery->gallery": "gallery",
+        f"{g}->{g}": "gallery",
+        "gallery->probe": "reverse",
+        f"{g}->{p}": "reverse",
+        "probe->gallery": "forward",
+        f"{p}->{g}": "forward",
+    }
+    return d
 
 
-def _fold_lists(protocol: Protocol, dataset: Dataset, fold_id: int, fold: Fold,
-                role: str) -> tuple[list[str], list[str]]:
-  """(probe keys, gallery keys) of a fold for a direction role."""
-  if role == "forward":
-    probes, gallery = list(fold.probe), list(fold.gallery)
-  elif role == "reverse":
-    probes, gallery = list(fold.gallery), list(fold.probe)
-  else:
-    gallery = list(fold.gallery)
-    rec = dataset.records
-    test_ids = np.unique(rec.select_keys(gallery, what=f"gallery of fold {fold_id}").label)
-    gallery_set = set(gallery)
-    in_gallery = np.fromiter((k in gallery_set for k in rec.key), bool, len(rec))
-    sel = (rec.modality == protocol.gallery_modality) & np.isin(rec.label, test_ids) & \
-        ~in_gallery
-    probes = [str(k) for k in rec.key[sel]]
-    if not probes:
-      raise ValueError(f"fold {fold_id}: no {protocol.gallery_modality} images of the gallery "
-                       "identities lie outside the gallery, so a same-modality check has no "
-                       "probes")
-  if not probes or not gallery:
-    raise ValueError(f"fold {fold_id}: {len(probes)} probe and {len(gallery)} gallery keys; "
-                     "both lists must be non-empty")
-  return probes, gallery
+def _fold_lists(
+    protocol: Protocol, dataset: Dataset, fold_id: int, fold: Fold, role: str
+) -> tuple[list[str], list[str]]:
+    """(probe keys, gallery keys) of a fold for a direction role."""
+    if role == "forward":
+        probes, gallery = list(fold.probe), list(fold.gallery)
+    elif role == "reverse":
+        probes, gallery = list(fold.gallery), list(fold.probe)
+    else:
+        gallery = list(fold.gallery)
+        rec = dataset.records
+        test_ids = np.unique(rec.select_keys(gallery, what=f"gallery of fold {fold_id}").label)
+        gallery_set = set(gallery)
+        in_gallery = np.fromiter((k in gallery_set for k in rec.key), bool, len(rec))
+        sel = (
+            (rec.modality == protocol.gallery_modality) & np.isin(rec.label, test_ids) & ~in_gallery
+        )
+        probes = [str(k) for k in rec.key[sel]]
+        if not probes:
+            raise ValueError(
+                f"fold {fold_id}: no {protocol.gallery_modality} images of the gallery "
+                "identities lie outside the gallery, so a same-modality check has no "
+                "probes"
+            )
+    if not probes or not gallery:
+        raise ValueError(
+            f"fold {fold_id}: {len(probes)} probe and {len(gallery)} gallery keys; "
+            "both lists must be non-empty"
+        )
+    return probes, gallery
 
 
-def _embed_cached(embed_fn: EmbedFn, dataset: Dataset, keys: Iterable[str], batch_size: int,
-                  **kw) -> tuple[np.ndarray, dict[str, int]]:
-  distinct = list(dict.fromkeys(keys))
-  return embed_keys(embed_fn, dataset, distinct, batch_size, **kw), {
-      k: i for i, k in enumerate(distinct)}
+def _embed_cached(
+    embed_fn: EmbedFn, dataset: Dataset, keys: Iterable[str], batch_size: int, **kw
+) -> tuple[np.ndarray, dict[str, int]]:
+    distinct = list(dict.fromkeys(keys))
+    return embed_keys(embed_fn, dataset, distinct, batch_size, **kw), {
+        k: i for i, k in enumerate(distinct)
+    }
 
 
-def evaluate_protocol(embed_fn: EmbedFn, dataset_dir: str | os.PathLike, *,
-                      folds: Iterable[int] | None = None, direction: str = "nir->vis",
-                      batch_size: int = 64, fars: Sequence[float] = (1e-3, 1e-2),
-                      image_size: tuple[int, int] | None = None, channels: int = 3,
-                      flip_fuse: bool = False, probe_transform: ImageTransform | None = None,
-                      tar_method: str = "nearest", ranks: Sequence[int] = (1,),
-                      block_size: int = 1024, num_threads: int = 2) -> dict[str, Any]:
-  """Evaluates ``embed_fn`` on the protocol stored with a dataset; mean ± std over folds.
+def evaluate_protocol(
+    embed_fn: EmbedFn,
+    dataset_dir: str | os.PathLike,
+    *,
+    folds: Iterable[int] | None = None,
+    direction: str = "nir->vis",
+    batch_size: int = 64,
+    fars: Sequence[float] = (1e-3, 1e-2),
+    image_size: tuple[int, int] | None = None,
+    channels: int = 3,
+    flip_fuse: bool = False,
+    probe_transform: ImageTransform | None = None,
+    tar_method: str = "nearest",
+    ranks: Sequence[int] = (1,),
+    block_size: int = 1024,
+    num_threads: int = 2,
+) -> dict[str, Any]:
+    """Evaluates ``embed_fn`` on the protocol stored with a dataset; mean ± std over folds.
 
-  ``folds`` are 1-based fold numbers (None: all). ``probe_transform`` alters probe images
-  only (occlusion studies). TAR uses `metrics.tar_at_far` with ``tar_method`` ("nearest" is
-  the field's convention). Rank-k is closed-set: probes whose identity is not in the gallery
-  are excluded from the CMC (their count is reported per fold) but still give impostor pairs.
+    ``folds`` are 1-based fold numbers (None: all). ``probe_transform`` alters probe images
+    only (occlusion studies). TAR uses `metrics.tar_at_far` with ``tar_method`` ("nearest" is
+    the field's convention). Rank-k is closed-set: probes whose identity is not in the gallery
+    are excluded from the CMC (their count is reported per fold) but still give impostor pairs.
 
-  Returns a dict: "protocol", "direction", "tar_method", "metrics" (ordered names),
-  "folds" (list of {"fold", "num_probes", "num_gallery", "num_unmatched_probes",
-  "num_genuine", "num_impostor", "metrics": {name: value}}), "mean" and "std" ({name: value},
-  population std over folds). All metric values are fractions.
-  """
-  protocol = Protocol.load(dataset_dir)
-  dataset = Dataset.open(dataset_dir)
-  roles = _directions(protocol)
-  if direction not in roles:
-    raise ValueError(f"direction must be one of {sorted(roles)} for protocol "
-                     f"{protocol.name!r}, got {direction!r}")
-  role = roles[direction]
-  fold_ids = list(range(1, protocol.num_folds + 1)) if folds is None else [int(k) for k in folds]
-  if not fold_ids:
-    raise ValueError("no folds to evaluate")
-  ranks = sorted({int(r) for r in ranks})
-  if ranks and ranks[0] < 1:
-    raise ValueError(f"ranks must be >= 1, got {ranks}")
-  if tar_method not in metrics.TAR_METHODS:  # Checked before the (slow) embedding pass.
-    raise ValueError(f"tar_method must be one of {metrics.TAR_METHODS}, got {tar_method!r}")
-  fars = list(dict.fromkeys(float(f) for f in fars))
-  if any(not 0.0 <= f <= 1.0 for f in fars):
-    raise ValueError(f"target FARs must lie in [0, 1], got {fars}")
-  lists = {k: _fold_lists(protocol, dataset, k, protocol.fold(k), role) for k in fold_ids}
+    Returns a dict: "protocol", "direction", "tar_method", "metrics" (ordered names),
+    "folds" (list of {"fold", "num_probes", "num_gallery", "num_unmatched_probes",
+    "num_genuine", "num_impostor", "metrics": {name: value}}), "mean" and "std" ({name: value},
+    population std over folds). All metric values are fractions.
+    """
+    protocol = Protocol.load(dataset_dir)
+    dataset = Dataset.open(dataset_dir)
+    roles = _directions(protocol)
+    if direction not in roles:
+        raise ValueError(
+            f"direction must be one of {sorted(roles)} for protocol "
+            f"{protocol.name!r}, got {direction!r}"
+        )
+    role = roles[direction]
+    fold_ids = list(range(1, protocol.num_folds + 1)) if folds is None else [int(k) for k in folds]
+    if not fold_ids:
+        raise ValueError("no folds to evaluate")
+    ranks = sorted({int(r) for r in ranks})
+    if ranks and ranks[0] < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    if tar_method not in metrics.TAR_METHODS:  # Checked before the (slow) embedding pass.
+        raise ValueError(f"tar_method must be one of {metrics.TAR_METHODS}, got {tar_method!r}")
+    fars = list(dict.fromkeys(float(f) for f in fars))
+    if any(not 0.0 <= f <= 1.0 for f in fars):
+        raise ValueError(f"target FARs must lie in [0, 1], got {fars}")
+    lists = {k: _fold_lists(protocol, dataset, k, protocol.fold(k), role) for k in fold_ids}
 
-  embed_kw = dict(image_size=image_size, channels=channels, flip_fuse=flip_fuse,
-                  num_threads=num_threads)
-  probe_keys = (k for p, _ in lists.values() for k in p)
-  gallery_keys = (k for _, g in lists.values() for k in g)
-  if probe_transform is None:  # One pass over the union: a key in both roles embeds once.
-    emb, index = _embed_cached(embed_fn, dataset, [*probe_keys, *gallery_keys], batch_size,
-                               **embed_kw)
-    p_emb, p_index, g_emb, g_index = emb, index, emb, index
-  else:
-    p_emb, p_index = _embed_cached(embed_fn, dataset, probe_keys, batch_size,
-                                   transform=probe_transform, **embed_kw)
-    g_emb, g_index = _embed_cached(embed_fn, dataset, gallery_keys, batch_size, **embed_kw)
+    embed_kw = dict(
+        image_size=image_size, channels=channels, flip_fuse=flip_fuse, num_threads=num_threads
+    )
+    probe_keys = (k for p, _ in lists.values() for k in p)
+    gallery_keys = (k for _, g in lists.values() for k in g)
+    if probe_transform is None:  # One pass over the union: a key in both roles embeds once.
+        emb, index = _embed_cached(
+            embed_fn, dataset, [*probe_keys, *gallery_keys], batch_size, **embed_kw
+        )
+        p_emb, p_index, g_emb, g_index = emb, index, emb, index
+    else:
+        p_emb, p_index = _embed_cached(
+            embed_fn, dataset, probe_keys, batch_size, transform=probe_transform, **embed_kw
+        )
+        g_emb, g_index = _embed_cached(embed_fn, dataset, gallery_keys, batch_size, **embed_kw)
 
-  names = [f"TAR@FAR={metrics.far_name(f)}" for f in fars] + [f"Rank-{r}" for r in ranks] + \
-      ["EER", "AUC"]
-  per_fold = []
-  for k in fold_ids:
-    probes, gallery = lists[k]
-    pl = dataset.records.select_keys(probes, what=f"probe list of fold {k}").label
-    gl = dataset.records.select_keys(gallery, what=f"gallery list of fold {k}").label
-    scores = metrics.score_blocks(p_emb[[p_index[x] for x in probes]],
-                                  g_emb[[g_index[x] for x in gallery]], pl, gl, block_size,
-                                  normalize=False, retrieval=False)
-    if scores.genuine.size == 0:
-      raise ValueError(f"fold {k} ({direction}): no probe shares an identity with the gallery, "
-                       "so there are no genuine pairs")
-    if scores.impostor.size == 0:
-      raise ValueError(f"fold {k} ({direction}): every probe-gallery pair is genuine (one "
-                       "identity), so there are no impostor pairs")
-    m = metrics.verification_metrics(scores.genuine, scores.impostor, fars, tar_method)
-    curve = scores.cmc(max(ranks)) if ranks else np.zeros(0)
-    values = {**m, **{f"Rank-{r}": float(curve[r - 1]) for r in ranks}}
-    per_fold.append({
-        "fold": k, "num_probes": len(probes), "num_gallery": len(gallery),
-        "num_unmatched_probes": int(np.sum(scores.first_rank == 0)),
-        "num_genuine": int(scores.genuine.size), "num_impostor": int(scores.impostor.size),
-        "metrics": {n: values[n] for n in names}})
-  mean, std = metrics.aggregate([f["metrics"] for f in per_fold])
-  return {"protocol": protocol.name, "dataset": str(dataset_dir), "direction": direction,
-          "tar_method": tar_method, "metrics": names, "folds": per_fold, "mean": mean,
-          "std": std}
+    names = (
+        [f"TAR@FAR={metrics.far_name(f)}" for f in fars]
+        + [f"Rank-{r}" for r in ranks]
+        + ["EER", "AUC"]
+    )
+    per_fold = []
+    for k in fold_ids:
+        probes, gallery = lists[k]
+        pl = dataset.records.select_keys(probes, what=f"probe list of fold {k}").label
+        gl = dataset.records.select_keys(gallery, what=f"gallery list of fold {k}").label
+        scores = metrics.score_blocks(
+            p_emb[[p_index[x] for x in probes]],
+            g_emb[[g_index[x] for x in gallery]],
+            pl,
+            gl,
+            block_size,
+            normalize=False,
+            retrieval=False,
+        )
+        if scores.genuine.size == 0:
+            raise ValueError(
+                f"fold {k} ({direction}): no probe shares an identity with the gallery, "
+                "so there are no genuine pairs"
+            )
+        if scores.impostor.size == 0:
+            raise ValueError(
+                f"fold {k} ({direction}): every probe-gallery pair is genuine (one "
+                "identity), so there are no impostor pairs"
+            )
+        m = metrics.verification_metrics(scores.genuine, scores.impostor, fars, tar_method)
+        curve = scores.cmc(max(ranks)) if ranks else np.zeros(0)
+        values = {**m, **{f"Rank-{r}": float(curve[r - 1]) for r in ranks}}
+        per_fold.append(
+            {
+                "fold": k,
+                "num_probes": len(probes),
+                "num_gallery": len(gallery),
+                "num_unmatched_probes": int(np.sum(scores.first_rank == 0)),
+                "num_genuine": int(scores.genuine.size),
+                "num_impostor": int(scores.impostor.size),
+                "metrics": {n: values[n] for n in names},
+            }
+        )
+    mean, std = metrics.aggregate([f["metrics"] for f in per_fold])
+    return {
+        "protocol": protocol.name,
+        "dataset": str(dataset_dir),
+        "direction": direction,
+        "tar_method": tar_method,
+        "metrics": names,
+        "folds": per_fold,
+        "mean": mean,
+        "std": std,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,26 +295,26 @@ def evaluate_protocol(embed_fn: EmbedFn, dataset_dir: str | os.PathLike, *,
 
 
 def format_table(results: Mapping[str, Any], metric_names: Sequence[str] | None = None) -> str:
-  """Markdown table of mean ± std (percent, 2 decimals) per metric.
+    """Markdown table of mean ± std (percent, 2 decimals) per metric.
 
-  ``results`` is one `evaluate_protocol` result (one row, labelled with its direction) or a
-  mapping {row label: result} to compare several models / settings in one table.
-  """
-  rows = {results["direction"]: results} if "folds" in results else dict(results)
-  if not rows:
-    raise ValueError("format_table got no results")
-  if metric_names is None:
-    metric_names = []
-    for r in rows.values():
-      metric_names += [n for n in r["metrics"] if n not in metric_names]
-  header = "| Method | " + " | ".join(metric_names) + " |"
-  lines = [header, "|" + "---|" * (len(metric_names) + 1)]
-  for label, r in rows.items():
-    cells = []
-    for n in metric_names:
-      if n not in r["mean"]:
-        cells.append("–")
-        continue
-      cells.append(f"{100 * r['mean'][n]:.2f} ± {100 * r['std'][n]:.2f}")
-    lines.append(f"| {label} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+    ``results`` is one `evaluate_protocol` result (one row, labelled with its direction) or a
+    mapping {row label: result} to compare several models / settings in one table.
+    """
+    rows = {results["direction"]: results} if "folds" in results else dict(results)
+    if not rows:
+        raise ValueError("format_table got no results")
+    if metric_names is None:
+        metric_names = []
+        for r in rows.values():
+            metric_names += [n for n in r["metrics"] if n not in metric_names]
+    header = "| Method | " + " | ".join(metric_names) + " |"
+    lines = [header, "|" + "---|" * (len(metric_names) + 1)]
+    for label, r in rows.items():
+        cells = []
+        for n in metric_names:
+            if n not in r["mean"]:
+                cells.append("–")
+                continue
+            cells.append(f"{100 * r['mean'][n]:.2f} ± {100 * r['std'][n]:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

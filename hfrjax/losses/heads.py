@@ -50,7 +50,9 @@ def rows_initializer(rows: Array, normalize: bool = True) -> Callable[..., Array
     def init(key: Any, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
         del key
         if tuple(shape) != fixed.shape:
-            raise ValueError(f"classifier rows have shape {fixed.shape}, the head asks for {tuple(shape)}")
+            raise ValueError(
+                f"classifier rows have shape {fixed.shape}, the head asks for {tuple(shape)}"
+            )
         return fixed.astype(dtype)
 
     return init
@@ -82,7 +84,9 @@ def class_mean_rows(
     chex.assert_shape(labels, (embeddings.shape[0],))
     x = l2_normalize(embeddings) if normalize_inputs else jnp.asarray(embeddings, jnp.float32)
     sums = jax.ops.segment_sum(x, labels, num_segments=num_classes)
-    counts = jax.ops.segment_sum(jnp.ones_like(labels, jnp.float32), labels, num_segments=num_classes)
+    counts = jax.ops.segment_sum(
+        jnp.ones_like(labels, jnp.float32), labels, num_segments=num_classes
+    )
     host_counts = concrete_or_none(counts)
     if host_counts is not None:
         empty = np.flatnonzero(host_counts == 0)

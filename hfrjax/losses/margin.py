@@ -158,7 +158,9 @@ def check_labels(labels: Array, num_classes: int) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("s", "m1", "m2", "m3"))
-def _margin_logits(cos_theta: Array, labels: Array, s: float, m1: float, m2: float, m3: float) -> Array:
+def _margin_logits(
+    cos_theta: Array, labels: Array, s: float, m1: float, m2: float, m3: float
+) -> Array:
     cos_theta = jnp.asarray(cos_theta, jnp.float32)
     labels = labels.astype(jnp.int32)
     # Only the B target entries need the (more expensive) margin transform.
@@ -182,9 +184,18 @@ def _loss_from_cosine(
 
 @functools.partial(jax.jit, static_argnames=("s", "m1", "m2", "m3", "matmul_dtype"))
 def _loss(
-    embeddings: Array, weights: Array, labels: Array, s: float, m1: float, m2: float, m3: float, matmul_dtype: Any
+    embeddings: Array,
+    weights: Array,
+    labels: Array,
+    s: float,
+    m1: float,
+    m2: float,
+    m3: float,
+    matmul_dtype: Any,
 ) -> tuple[Array, Array]:
-    return _loss_from_cosine(cosine_logits(embeddings, weights, matmul_dtype), labels, s, m1, m2, m3)
+    return _loss_from_cosine(
+        cosine_logits(embeddings, weights, matmul_dtype), labels, s, m1, m2, m3
+    )
 
 
 def _check_inputs(cos_or_emb: Array, labels: Array, num_classes: int) -> None:
@@ -194,7 +205,12 @@ def _check_inputs(cos_or_emb: Array, labels: Array, num_classes: int) -> None:
 
 
 def combined_margin_logits(
-    cos_theta: Array, labels: Array, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0
+    cos_theta: Array,
+    labels: Array,
+    s: float = 64.0,
+    m1: float = 1.0,
+    m2: float = 0.5,
+    m3: float = 0.0,
 ) -> Array:
     """Scaled float32 logits [B, C]: s*cos(theta_j) off-target, s*margin_target at the label.
 
@@ -252,7 +268,13 @@ def margin_softmax_loss(
     chex.assert_equal_shape_suffix([embeddings, weights], 1)  # catches a [D, C] matrix
     _check_inputs(embeddings, labels, weights.shape[0])
     loss, logits = _loss(
-        embeddings, weights, labels, float(s), float(m1), float(m2), float(m3),
+        embeddings,
+        weights,
+        labels,
+        float(s),
+        float(m1),
+        float(m2),
+        float(m3),
         None if matmul_dtype is None else jnp.dtype(matmul_dtype),
     )
     return (loss, logits) if return_logits else loss

@@ -20,9 +20,7 @@ def ml2_regularizer(features: Array, weights: Array, bias: Array | None = None) 
     """
     chex.assert_rank([features, weights], 2)
     chex.assert_equal_shape_suffix([features, weights], 1)
-    logits = jnp.einsum(
-        "bd,cd->bc", features.astype(jnp.float32), weights.astype(jnp.float32)
-    )
+    logits = jnp.einsum("bd,cd->bc", features.astype(jnp.float32), weights.astype(jnp.float32))
     if bias is not None:
         chex.assert_shape(bias, (weights.shape[0],))
         logits = logits + bias.astype(jnp.float32)
@@ -37,6 +35,8 @@ def l2_sp_regularizer(params: chex.ArrayTree, anchor: chex.ArrayTree) -> Array:
     """
     chex.assert_trees_all_equal_shapes(params, anchor)
     sq = jax.tree.map(
-        lambda p, a: jnp.sum(jnp.square(p.astype(jnp.float32) - a.astype(jnp.float32))), params, anchor
+        lambda p, a: jnp.sum(jnp.square(p.astype(jnp.float32) - a.astype(jnp.float32))),
+        params,
+        anchor,
     )
     return sum(jax.tree.leaves(sq), jnp.zeros((), jnp.float32))

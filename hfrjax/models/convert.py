@@ -41,7 +41,7 @@ def to_numpy(tensor: Any) -> np.ndarray:
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
     """Drop a DataParallel-style ``module.`` prefix from every key that has it."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
@@ -106,13 +106,17 @@ def convert_state_dict(
         value = state[key]
         used.add(key)
         if rest[-1] == "kernel":
-            value = conv_kernel(value) if value.ndim == 4 else dense_kernel(value, flatten_chw.get(key))
+            value = (
+                conv_kernel(value) if value.ndim == 4 else dense_kernel(value, flatten_chw.get(key))
+            )
         if tuple(value.shape) != tuple(leaf.shape):
             errors.append(f"{key}: converted shape {value.shape} != flax {tuple(leaf.shape)}")
             continue
         flat_out[path] = jnp.asarray(value, dtype=leaf.dtype)
     leftover = sorted(
-        k for k in state if k not in used and k not in ignore and not k.endswith("num_batches_tracked")
+        k
+        for k in state
+        if k not in used and k not in ignore and not k.endswith("num_batches_tracked")
     )
     if leftover:
         errors.append(f"unexpected torch keys: {leftover}")

@@ -51,17 +51,25 @@ class IBasicBlock(nn.Module):
             BatchNorm, use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype
         )
         conv = functools.partial(
-            nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_conv_init
+            nn.Conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_conv_init,
         )
         out = bn(name="bn1")(x)
         out = conv(self.planes, (3, 3), padding=torch_padding(1), name="conv1")(out)
         out = bn(name="bn2")(out)
         out = PReLU(param_dtype=self.param_dtype, name="prelu")(out)
-        out = conv(self.planes, (3, 3), strides=self.stride, padding=torch_padding(1), name="conv2")(out)
+        out = conv(
+            self.planes, (3, 3), strides=self.stride, padding=torch_padding(1), name="conv2"
+        )(out)
         out = bn(name="bn3")(out)
         identity = x
         if self.downsample:
-            identity = conv(self.planes, (1, 1), strides=self.stride, padding="VALID", name="downsample_0")(x)
+            identity = conv(
+                self.planes, (1, 1), strides=self.stride, padding="VALID", name="downsample_0"
+            )(x)
             identity = bn(name="downsample_1")(identity)
         return out + identity
 
@@ -90,12 +98,20 @@ class IResNet(nn.Module):
         chex.assert_shape(x, (None, self.input_size, self.input_size, self.in_channels))
         if len(self.layers) != 4:
             raise ValueError(f"IResNet has 4 stages, got layers={self.layers}")
-        bn = functools.partial(BatchNorm, use_running_average=not train, param_dtype=self.param_dtype)
+        bn = functools.partial(
+            BatchNorm, use_running_average=not train, param_dtype=self.param_dtype
+        )
 
         x = x.astype(self.dtype)
         x = nn.Conv(
-            self.base_width, (3, 3), padding=torch_padding(1), use_bias=False, dtype=self.dtype,
-            param_dtype=self.param_dtype, kernel_init=_conv_init, name="conv1",
+            self.base_width,
+            (3, 3),
+            padding=torch_padding(1),
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_conv_init,
+            name="conv1",
         )(x)
         x = bn(dtype=self.dtype, name="bn1")(x)
         x = PReLU(param_dtype=self.param_dtype, name="prelu")(x)
@@ -118,7 +134,9 @@ class IResNet(nn.Module):
         x = bn(dtype=self.dtype, name="bn2")(x)
         x = x.reshape(x.shape[0], -1).astype(jnp.float32)  # NHWC flatten: (H, W, C) order
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.embedding_dim, dtype=jnp.float32, param_dtype=self.param_dtype, name="fc")(x)
+        x = nn.Dense(
+            self.embedding_dim, dtype=jnp.float32, param_dtype=self.param_dtype, name="fc"
+        )(x)
         x = bn(dtype=jnp.float32, use_scale=False, name="features")(x)
         return x.astype(jnp.float32)
 
@@ -141,7 +159,9 @@ def iresnet(
     (18/34/50/100), and ``base_width`` or ``width_mult`` (times 64)."""
     if layers is None:
         if depth not in IRESNET_LAYERS:
-            raise ValueError(f"give layers=... or depth in {sorted(IRESNET_LAYERS)}, got depth={depth}")
+            raise ValueError(
+                f"give layers=... or depth in {sorted(IRESNET_LAYERS)}, got depth={depth}"
+            )
         layers = IRESNET_LAYERS[depth]
     elif depth is not None:
         raise ValueError("give either layers or depth, not both")
@@ -150,8 +170,13 @@ def iresnet(
     if input_size % 16:
         raise ValueError(f"input_size must be a multiple of 16, got {input_size}")
     return IResNet(
-        layers=tuple(layers), base_width=base_width, embedding_dim=embedding_dim,
-        input_size=input_size, in_channels=in_channels, dropout=dropout, dtype=dtype,
+        layers=tuple(layers),
+        base_width=base_width,
+        embedding_dim=embedding_dim,
+        input_size=input_size,
+        in_channels=in_channels,
+        dropout=dropout,
+        dtype=dtype,
         param_dtype=param_dtype,
     )
 
@@ -183,8 +208,11 @@ def iresnet_config_from_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[
     if side * side * 8 * width != fc_in:
         raise ValueError(f"fc input {fc_in} is not 8*{width}*side^2")
     return dict(
-        layers=tuple(layers), base_width=int(width), embedding_dim=int(fc_out),
-        input_size=16 * side, in_channels=int(in_channels),
+        layers=tuple(layers),
+        base_width=int(width),
+        embedding_dim=int(fc_out),
+        input_size=16 * side,
+        in_channels=int(in_channels),
     )
 
 
@@ -204,7 +232,9 @@ def iresnet_params_from_torch_state_dict(
         model = iresnet(**iresnet_config_from_torch_state_dict(sd))
     gamma = to_numpy(sd.get("features.weight", np.ones(1)))
     if not np.allclose(gamma, 1.0):
-        raise ValueError("features.weight (BatchNorm1d scale) must be 1: it is fixed in arcface_torch")
+        raise ValueError(
+            "features.weight (BatchNorm1d scale) must be 1: it is fixed in arcface_torch"
+        )
     template = jax.eval_shape(
         functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model)
     )

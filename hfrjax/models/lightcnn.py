@@ -40,7 +40,9 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        mfm = functools.partial(MFM, self.channels, 3, 1, 1, dtype=self.dtype, param_dtype=self.param_dtype)
+        mfm = functools.partial(
+            MFM, self.channels, 3, 1, 1, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         out = mfm(name="conv1")(x)
         out = mfm(name="conv2")(out)
         return out + x
@@ -55,8 +57,12 @@ class Group(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = MFM(x.shape[-1], 1, 1, 0, dtype=self.dtype, param_dtype=self.param_dtype, name="conv_a")(x)
-        return MFM(self.features, 3, 1, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+        x = MFM(
+            x.shape[-1], 1, 1, 0, dtype=self.dtype, param_dtype=self.param_dtype, name="conv_a"
+        )(x)
+        return MFM(
+            self.features, 3, 1, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="conv"
+        )(x)
 
 
 class LightCNN29v2(nn.Module):
@@ -95,8 +101,11 @@ class LightCNN29v2(nn.Module):
                 x = _v2_pool(x)
         x = x.reshape(x.shape[0], -1).astype(jnp.float32)  # NHWC flatten: (H, W, C) order
         x = nn.Dense(
-            self.embedding_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), name="fc",
+            self.embedding_dim,
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+            name="fc",
         )(x)
         return x.astype(jnp.float32)
 
@@ -116,8 +125,13 @@ def lightcnn29v2(
     if input_size % 16:
         raise ValueError(f"input_size must be a multiple of 16, got {input_size}")
     return LightCNN29v2(
-        layers=tuple(layers), channels=tuple(channels), embedding_dim=embedding_dim,
-        input_size=input_size, in_channels=in_channels, dtype=dtype, param_dtype=param_dtype,
+        layers=tuple(layers),
+        channels=tuple(channels),
+        embedding_dim=embedding_dim,
+        input_size=input_size,
+        in_channels=in_channels,
+        dtype=dtype,
+        param_dtype=param_dtype,
     )
 
 
@@ -135,8 +149,11 @@ def lightcnn_config_from_torch_state_dict(state_dict: Mapping[str, Any]) -> dict
     if side * side * channels[-1] != fc_in:
         raise ValueError(f"fc input {fc_in} is not {channels[-1]}*side^2")
     return dict(
-        layers=layers, channels=tuple(int(c) for c in channels), embedding_dim=int(fc_out),
-        input_size=16 * side, in_channels=int(in_channels),
+        layers=layers,
+        channels=tuple(int(c) for c in channels),
+        embedding_dim=int(fc_out),
+        input_size=16 * side,
+        in_channels=int(in_channels),
     )
 
 
@@ -157,10 +174,15 @@ def lightcnn_params_from_torch_state_dict(
     sd = strip_prefix(state_dict)
     if model is None:
         model = lightcnn29v2(**lightcnn_config_from_torch_state_dict(sd))
-    template = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model))
+    template = jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model)
+    )
     side = model.input_size // 16
     variables = convert_state_dict(
-        template, sd, flatten_chw={"fc.weight": (model.channels[-1], side, side)}, ignore=("fc2.weight", "fc2.bias")
+        template,
+        sd,
+        flatten_chw={"fc.weight": (model.channels[-1], side, side)},
+        ignore=("fc2.weight", "fc2.bias"),
     )
     if return_classifier:
         fc2 = sd.get("fc2.weight")

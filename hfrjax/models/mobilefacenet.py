@@ -40,11 +40,20 @@ class ConvBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         kernel = (self.kernel, self.kernel) if isinstance(self.kernel, int) else tuple(self.kernel)
         x = nn.Conv(
-            self.features, kernel, strides=self.stride, padding=torch_padding(self.padding),
-            feature_group_count=self.groups, use_bias=False, dtype=self.dtype,
-            param_dtype=self.param_dtype, kernel_init=_kaiming_fan_out, name="conv",
+            self.features,
+            kernel,
+            strides=self.stride,
+            padding=torch_padding(self.padding),
+            feature_group_count=self.groups,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_kaiming_fan_out,
+            name="conv",
         )(x)
-        x = BatchNorm(use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x)
+        x = BatchNorm(
+            use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype, name="bn"
+        )(x)
         if not self.linear:
             x = PReLU(param_dtype=self.param_dtype, name="prelu")(x)
         return x
@@ -65,7 +74,9 @@ class DepthWise(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         block = functools.partial(ConvBlock, dtype=self.dtype, param_dtype=self.param_dtype)
         y = block(self.groups, 1, name="expand")(x, train)
-        y = block(self.groups, 3, stride=self.stride, padding=1, groups=self.groups, name="dw")(y, train)
+        y = block(self.groups, 3, stride=self.stride, padding=1, groups=self.groups, name="dw")(
+            y, train
+        )
         y = block(self.features, 1, linear=True, name="project")(y, train)
         return x + y if self.residual else y
 
@@ -127,10 +138,15 @@ class MobileFaceNet(nn.Module):
         x = head(w(512), x.shape[1:3], groups=w(512), linear=True, name="gdc")(x, train)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(
-            self.embedding_dim, use_bias=False, param_dtype=self.param_dtype,
-            kernel_init=_kaiming_fan_out, name="fc",
+            self.embedding_dim,
+            use_bias=False,
+            param_dtype=self.param_dtype,
+            kernel_init=_kaiming_fan_out,
+            name="fc",
         )(x)
-        x = BatchNorm(use_running_average=not train, param_dtype=self.param_dtype, name="features")(x)
+        x = BatchNorm(use_running_average=not train, param_dtype=self.param_dtype, name="features")(
+            x
+        )
         return x.astype(jnp.float32)
 
 
@@ -149,6 +165,12 @@ def mobilefacenet(
     """InsightFace MobileFaceNet (``get_mbf`` defaults; ``blocks=(2, 8, 12, 4), scale=4``
     gives ``get_mbf_large``)."""
     return MobileFaceNet(
-        blocks=tuple(blocks), scale=scale, width_mult=width_mult, embedding_dim=embedding_dim,
-        input_size=input_size, in_channels=in_channels, dtype=dtype, param_dtype=param_dtype,
+        blocks=tuple(blocks),
+        scale=scale,
+        width_mult=width_mult,
+        embedding_dim=embedding_dim,
+        input_size=input_size,
+        in_channels=in_channels,
+        dtype=dtype,
+        param_dtype=param_dtype,
     )

@@ -8,6 +8,7 @@ module requires torch (``pip install torch==2.13.0`` for the CPU build).
 import torch
 import torch.nn as tnn
 
+
 class TorchIBasicBlock(tnn.Module):
     """arcface_torch IBasicBlock, written from the layout description."""
 
@@ -26,6 +27,7 @@ class TorchIBasicBlock(tnn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         return out + identity
 
+
 class TorchIResNet(tnn.Module):
     def __init__(self, layers, width=64, num_features=512, input_size=112, dropout=0.0):
         super().__init__()
@@ -41,7 +43,8 @@ class TorchIResNet(tnn.Module):
                 ds = None
                 if i == 0 and (stride != 1 or inplanes != planes):
                     ds = tnn.Sequential(
-                        tnn.Conv2d(inplanes, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes, eps=1e-5)
+                        tnn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                        tnn.BatchNorm2d(planes, eps=1e-5),
                     )
                 blocks.append(TorchIBasicBlock(inplanes, planes, stride, ds))
                 inplanes = planes
@@ -60,6 +63,7 @@ class TorchIResNet(tnn.Module):
         x = self.dropout(torch.flatten(self.bn2(x), 1))
         return self.features(self.fc(x))
 
+
 class TorchConvBlock(tnn.Module):
     def __init__(self, cin, cout, k=1, s=1, p=0, groups=1, linear=False):
         super().__init__()
@@ -70,6 +74,7 @@ class TorchConvBlock(tnn.Module):
 
     def forward(self, x):
         return self.layers(x)
+
 
 class TorchDepthWise(tnn.Module):
     def __init__(self, cin, cout, groups, stride, residual):
@@ -84,6 +89,7 @@ class TorchDepthWise(tnn.Module):
     def forward(self, x):
         return x + self.layers(x) if self.residual else self.layers(x)
 
+
 class TorchMobileFaceNet(tnn.Module):
     """arcface_torch get_mbf layout (blocks (1, 4, 6, 2), scale 2), for counting."""
 
@@ -92,7 +98,11 @@ class TorchMobileFaceNet(tnn.Module):
         c1, c2 = 64 * scale, 128 * scale
         res = lambda c, n, g: [TorchDepthWise(c, c, g, 1, True) for _ in range(n)]  # noqa: E731
         layers = [TorchConvBlock(3, c1, 3, 2, 1)]
-        layers += [TorchConvBlock(c1, c1, 3, 1, 1, groups=64)] if blocks[0] == 1 else res(c1, blocks[0], 128)
+        layers += (
+            [TorchConvBlock(c1, c1, 3, 1, 1, groups=64)]
+            if blocks[0] == 1
+            else res(c1, blocks[0], 128)
+        )
         layers += [TorchDepthWise(c1, c1, 128, 2, False)] + res(c1, blocks[1], 128)
         layers += [TorchDepthWise(c1, c2, 256, 2, False)] + res(c2, blocks[2], 256)
         layers += [TorchDepthWise(c2, c2, 512, 2, False)] + res(c2, blocks[3], 256)
@@ -106,6 +116,7 @@ class TorchMobileFaceNet(tnn.Module):
         x = self.gdc(self.conv_sep(self.body(x)))
         return self.features(self.fc(torch.flatten(x, 1)))
 
+
 def randomize_torch(model, seed=0):
     """Random weights *and* BN running statistics / affine parameters, in place."""
     gen = torch.Generator().manual_seed(seed)
@@ -116,8 +127,11 @@ def randomize_torch(model, seed=0):
             if name.endswith("prelu.weight"):
                 p.copy_(torch.rand(p.shape, generator=gen) * 0.5)
             elif p.ndim == 1:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if "bn" in name else
-                        0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(
+                    1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+                    if "bn" in name
+                    else 0.1 * torch.randn(p.shape, generator=gen)
+                )
             else:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)

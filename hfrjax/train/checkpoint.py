@@ -24,139 +24,192 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocm
 
 
-
 class CheckpointMismatchError(ValueError):
-  """A checkpoint whose arrays do not fit the model being restored."""
+    """A checkpoint whose arrays do not fit the model being restored."""
 
 
 class Checkpointer:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        async_save: bool = True,
+    ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        policies: list[Any] = [ocm.LatestN(n=keep)]
+        if best_metric:
+            policies.append(
+                ocm.BestN(
+                    get_metric_fn=lambda m: m[best_metric],
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        self.directory = Path(directory).absolute()
+        self._mngr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=ocm.AnyPreservationPolicy(policies),
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+            ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
 
-  def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
-               best_metric: str | None = None, best_mode: str = "max",
-               async_save: bool = True):
-    if best_mode not in ("max", "min"):
-      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
-    policies: list[Any] = [ocm.LatestN(n=keep)]
-    if best_metric:
-      policies.append(ocm.BestN(get_metric_fn=lambda m: m[best_metric],
-                                reverse=best_mode == "min", n=1,
-                                keep_checkpoints_without_metrics=False))
-    self.directory = Path(directory).absolute()
-    self._mngr = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            preservation_policy=ocm.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
 
-  def latest_step(self) -> int | None:
-    return self._mngr.latest_step()
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
 
-  def all_steps(self) -> list[int]:
-    return list(self._mngr.all_steps())
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_iterator: Any = None,
+        *,
+        meta: dict | None = None,
+        metrics: dict | None = None,
+        force: bool = False,
+    ) -> bool:
+        args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta or {})}
+        if data_iterator is not None:
+            args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self._mngr.save(
+            step,
+            args=ocp.args.Composite(**args),
+            metrics=_to_python(metrics) if metrics else None,
+            force=force,
+        )
 
-  def save(self, step: int, state: Any, data_iterator: Any = None, *,
-           meta: dict | None = None, metrics: dict | None = None, force: bool = False) -> bool:
-    args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta or {})}
-    if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._mngr.save(step, args=ocp.args.Composite(**args),
-                           metrics=_to_python(metrics) if metrics else None, force=force)
+    def restore(
+        self, step: int, state_template: Any, data_iterator: Any = None
+    ) -> tuple[Any, dict]:
+        """(state, meta) of ``step``; the data iterator, if given, is restored in place."""
+        self._check_fits(step, state_template)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            state_template,
+        )
+        args = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
+        if data_iterator is not None:
+            args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        out = self._mngr.restore(step, args=ocp.args.Composite(**args))
+        return out["state"], dict(out["meta"] or {})
 
-  def restore(self, step: int, state_template: Any,
-              data_iterator: Any = None) -> tuple[Any, dict]:
-    """(state, meta) of ``step``; the data iterator, if given, is restored in place."""
-    self._check_fits(step, state_template)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        state_template)
-    args = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
-    if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    out = self._mngr.restore(step, args=ocp.args.Composite(**args))
-    return out["state"], dict(out["meta"] or {})
+    def restore_untyped(self, step: int | None = None) -> tuple[int, dict, dict]:
+        """(step, state as nested dicts of arrays, meta) without a template: for reading
+        weights out of a run (export, init_from) whatever its optimizer was."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory} holds no checkpoint")
+        out = self._mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return step, out["state"], dict(out["meta"] or {})
 
-  def restore_meta(self, step: int) -> dict:
-    return dict(self._mngr.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"] or {})
+    def restore_meta(self, step: int) -> dict:
+        return dict(
+            self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            or {}
+        )
 
-  def _check_fits(self, step: int, template: Any) -> None:
-    """Raises CheckpointMismatchError listing every model array missing or mis-shaped.
+    def _check_fits(self, step: int, template: Any) -> None:
+        """Raises CheckpointMismatchError listing every model array missing or mis-shaped.
 
-    Compares the model's ``params`` and ``batch_stats`` (plain nested dicts on both sides)
-    with the checkpoint's metadata, so the error names the layers at fault instead of
-    surfacing as an opaque restore failure.
-    """
-    stored = _as_tree(self._mngr.item_metadata(step)["state"])
-    if stored is None:
-      return
-    template = flax.serialization.to_state_dict(template)
-    problems = []
-    for part in ("params", "batch_stats"):
-      want = {jax.tree_util.keystr(p): tuple(x.shape)
-              for p, x in jax.tree_util.tree_leaves_with_path(template.get(part, {}))}
-      have = {jax.tree_util.keystr(p): tuple(x.shape)
-              for p, x in jax.tree_util.tree_leaves_with_path(stored.get(part, {}) or {})
-              if hasattr(x, "shape")}
-      problems += [f"{part}{k}: checkpoint {have[k]} vs model {want[k]}"
-                   for k in want if k in have and have[k] != want[k]]
-      problems += [f"{part}{k}: missing in checkpoint" for k in want if k not in have]
-      problems += [f"{part}{k}: in checkpoint, not in model" for k in have if k not in want]
-    if problems:
-      raise CheckpointMismatchError(
-          f"checkpoint {self.directory / str(step)} does not fit the model "
-          f"({len(problems)} problem(s)): " + "; ".join(problems[:8]))
+        Compares the model's ``params`` and ``batch_stats`` (plain nested dicts on both sides)
+        with the checkpoint's metadata, so the error names the layers at fault instead of
+        surfacing as an opaque restore failure.
+        """
+        stored = _as_tree(self._mngr.item_metadata(step)["state"])
+        if stored is None:
+            return
+        template = flax.serialization.to_state_dict(template)
+        problems = []
+        for part in ("params", "batch_stats"):
+            want = {
+                jax.tree_util.keystr(p): tuple(x.shape)
+                for p, x in jax.tree_util.tree_leaves_with_path(template.get(part, {}))
+            }
+            have = {
+                jax.tree_util.keystr(p): tuple(x.shape)
+                for p, x in jax.tree_util.tree_leaves_with_path(stored.get(part, {}) or {})
+                if hasattr(x, "shape")
+            }
+            problems += [
+                f"{part}{k}: checkpoint {have[k]} vs model {want[k]}"
+                for k in want
+                if k in have and have[k] != want[k]
+            ]
+            problems += [f"{part}{k}: missing in checkpoint" for k in want if k not in have]
+            problems += [f"{part}{k}: in checkpoint, not in model" for k in have if k not in want]
+        if problems:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory / str(step)} does not fit the model "
+                f"({len(problems)} problem(s)): " + "; ".join(problems[:8])
+            )
 
-  def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
 
-  def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
 
 
 def _as_tree(metadata: Any) -> Any:
-  tree = getattr(metadata, "tree", metadata)
-  return tree
+    tree = getattr(metadata, "tree", metadata)
+    return tree
 
 
 def _to_python(metrics: dict) -> dict:
-  return {k: float(np.asarray(v)) for k, v in metrics.items()}
+    return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
 
 class PreemptionGuard:
-  """Turns SIGTERM (pre-emption) into a flag the training loop polls between steps.
+    """Turns SIGTERM (pre-emption) into a flag the training loop polls between steps.
 
-  Multi-process runs also ask JAX's own pre-emption sync point (``jax.distributed``'s
-  coordination service), so every process decides to save at the same step.
-  """
+    Multi-process runs also ask JAX's own pre-emption sync point (``jax.distributed``'s
+    coordination service), so every process decides to save at the same step.
+    """
 
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
-    self._event = threading.Event()
-    self._signals = signals
-    self._previous: dict[int, Any] = {}
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self._event = threading.Event()
+        self._signals = signals
+        self._previous: dict[int, Any] = {}
 
-  def __enter__(self) -> "PreemptionGuard":
-    if threading.current_thread() is threading.main_thread():
-      for s in self._signals:
-        self._previous[s] = signal.signal(s, self._handler)
-    return self
+    def __enter__(self) -> "PreemptionGuard":
+        if threading.current_thread() is threading.main_thread():
+            for s in self._signals:
+                self._previous[s] = signal.signal(s, self._handler)
+        return self
 
-  def _handler(self, signum, frame) -> None:
-    logging.warning("received signal %d: will save a checkpoint and stop", signum)
-    self._event.set()
+    def _handler(self, signum, frame) -> None:
+        logging.warning("received signal %d: will save a checkpoint and stop", signum)
+        self._event.set()
 
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      try:
-        return self._event.is_set() or multihost_utils.reached_preemption_sync_point(step)
-      except RuntimeError:  # Pre-emption service not enabled.
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            try:
+                return self._event.is_set() or multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # Pre-emption service not enabled.
+                return self._event.is_set()
         return self._event.is_set()
-    return self._event.is_set()
 
-  def __exit__(self, *exc) -> None:
-    for s, h in self._previous.items():
-      signal.signal(s, h)
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)

@@ -15,23 +15,27 @@ MODEL_AXIS = "model"
 
 
 def make_mesh(data: int = -1, model: int = 1, *, devices=None) -> Mesh:
-  """A (data, model) mesh over ``devices`` (default: all); ``data=-1`` takes what ``model``
-  leaves."""
-  n = len(devices) if devices is not None else jax.device_count()
-  if data == -1:
-    if n % model:
-      raise ValueError(f"{n} devices cannot be split into model={model} groups")
-    data = n // model
-  if data * model != n:
-    raise ValueError(f"mesh data={data} x model={model} != {n} devices")
-  # Auto axes: the compiler propagates shardings from the annotated inputs and outputs.
-  return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS),
-                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+    """A (data, model) mesh over ``devices`` (default: all); ``data=-1`` takes what ``model``
+    leaves."""
+    n = len(devices) if devices is not None else jax.device_count()
+    if data == -1:
+        if n % model:
+            raise ValueError(f"{n} devices cannot be split into model={model} groups")
+        data = n // model
+    if data * model != n:
+        raise ValueError(f"mesh data={data} x model={model} != {n} devices")
+    # Auto axes: the compiler propagates shardings from the annotated inputs and outputs.
+    return jax.make_mesh(
+        (data, model),
+        (DATA_AXIS, MODEL_AXIS),
+        axis_types=(AxisType.Auto, AxisType.Auto),
+        devices=devices,
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))

@@ -14,74 +14,82 @@ from absl import logging
 
 
 def _fmt_time(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class Progress:
-  """Throughput and ETA over a window of steps; prints one line per report."""
+    """Throughput and ETA over a window of steps; prints one line per report."""
 
-  def __init__(self, total_steps: int, global_batch: int, first_step: int = 0,
-               name: str = "train"):
-    self.total, self.batch, self.name = total_steps, global_batch, name
-    self._t0, self._s0 = time.perf_counter(), first_step
-    self._start = self._t0
+    def __init__(
+        self, total_steps: int, global_batch: int, first_step: int = 0, name: str = "train"
+    ):
+        self.total, self.batch, self.name = total_steps, global_batch, name
+        self._t0, self._s0 = time.perf_counter(), first_step
+        self._start = self._t0
 
-  def line(self, step: int, metrics: dict[str, float]) -> str:
-    now = time.perf_counter()
-    dt = max(now - self._t0, 1e-9)
-    ips = (step - self._s0) * self.batch / dt
-    eta = (self.total - step) * self.batch / ips if ips > 0 else float("nan")
-    self._t0, self._s0 = now, step
-    pct = 100.0 * step / max(self.total, 1)
-    shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                     if k in ("loss", "lr", "train_accuracy"))
-    return (f"{self.name} step {step}/{self.total} ({pct:.0f}%) {shown} | "
-            f"{ips:.0f} img/s | ETA {_fmt_time(eta) if np.isfinite(eta) else '?'}")
+    def line(self, step: int, metrics: dict[str, float]) -> str:
+        now = time.perf_counter()
+        dt = max(now - self._t0, 1e-9)
+        ips = (step - self._s0) * self.batch / dt
+        eta = (self.total - step) * self.batch / ips if ips > 0 else float("nan")
+        self._t0, self._s0 = now, step
+        pct = 100.0 * step / max(self.total, 1)
+        shown = " ".join(
+            f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr", "train_accuracy")
+        )
+        return (
+            f"{self.name} step {step}/{self.total} ({pct:.0f}%) {shown} | "
+            f"{ips:.0f} img/s | ETA {_fmt_time(eta) if np.isfinite(eta) else '?'}"
+        )
 
-  @property
-  def elapsed(self) -> float:
-    return time.perf_counter() - self._start
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
 
 
 class MetricWriter:
-  """Appends ``{"step": s, ...}`` lines to ``metrics.jsonl`` and scalars to TensorBoard.
+    """Appends ``{"step": s, ...}`` lines to ``metrics.jsonl`` and scalars to TensorBoard.
 
-  Only process 0 writes. TensorBoard events come from tensorboardX (no TensorFlow).
-  """
+    Only process 0 writes. TensorBoard events come from tensorboardX (no TensorFlow).
+    """
 
-  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
-    self._active = jax.process_index() == 0
-    self._path = Path(workdir) / "metrics.jsonl"
-    self._tb = None
-    if self._active:
-      self._path.parent.mkdir(parents=True, exist_ok=True)
-      if tensorboard:
-        try:
-          from tensorboardX import SummaryWriter
-          self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
-        except ImportError:  # pragma: no cover
-          logging.warning("tensorboardX not installed: no TensorBoard events")
+    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+        self._active = jax.process_index() == 0
+        self._path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if self._active:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from tensorboardX import SummaryWriter
 
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
-    if not self._active:
-      return
-    scalars = {k: float(np.asarray(v)) for k, v in metrics.items()
-               if np.ndim(v) == 0 and not isinstance(v, str)}
-    with open(self._path, "a", encoding="utf-8") as f:
-      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(k, v, step)
-      self._tb.flush()
+                    self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+                except ImportError:  # pragma: no cover
+                    logging.warning("tensorboardX not installed: no TensorBoard events")
 
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self._active:
+            return
+        scalars = {
+            k: float(np.asarray(v))
+            for k, v in metrics.items()
+            if np.ndim(v) == 0 and not isinstance(v, str)
+        }
+        with open(self._path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  path = Path(workdir) / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
