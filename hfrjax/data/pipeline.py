@@ -418,7 +418,9 @@ class TrainInput:
         self.iterator.set_state(state)
 
 
-def _select(dataset: Dataset, cfg: InputConfig) -> tuple[RecordTable, np.ndarray]:
+def select_records(dataset: Dataset, cfg: InputConfig) -> tuple[RecordTable, np.ndarray]:
+    """The records (and their rows in the dataset) that ``cfg`` trains on: its keys or fold
+    training lists, restricted to its modalities."""
     records = dataset.records
     rows = np.arange(len(records))
     keys = cfg.keys
@@ -468,7 +470,7 @@ def make_train_input(
         return _make_streaming(
             dataset, cfg, local_batch, mesh, data_axis, process_index, process_count
         )
-    records, _ = _select(dataset, cfg)
+    records, _ = select_records(dataset, cfg)
     labels, class_labels = remap_labels(records.label)
     source = RecordSource(records)
     if cfg.sampler == "plain":

@@ -114,9 +114,7 @@ class Checkpointer:
             raise FileNotFoundError(f"{self.directory} holds no checkpoint")
         out = self._mngr.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
         )
         return step, out["state"], dict(out["meta"] or {})
 

@@ -340,7 +340,7 @@ def _class_mean_rows(
 ) -> np.ndarray:
     """MEC classifier rows: per class, the normalised mean embedding of its training images."""
     dataset = Dataset.open(inp_cfg.data_dir)
-    records, _ = pipeline._select(dataset, inp_cfg)
+    records, _ = pipeline.select_records(dataset, inp_cfg)
     labels, _ = pipeline.remap_labels(records.label)
     embed_fn = make_embed_fn(backbone, params, batch_stats, mesh)
     emb = embed_records(
