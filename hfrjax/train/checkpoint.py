@@ -137,22 +137,7 @@ class Checkpointer:
         template = flax.serialization.to_state_dict(template)
         problems = []
         for part in ("params", "batch_stats"):
-            want = {
-                jax.tree_util.keystr(p): tuple(x.shape)
-                for p, x in jax.tree_util.tree_leaves_with_path(template.get(part, {}))
-            }
-            have = {
-                jax.tree_util.keystr(p): tuple(x.shape)
-                for p, x in jax.tree_util.tree_leaves_with_path(stored.get(part, {}) or {})
-                if hasattr(x, "shape")
-            }
-            problems += [
-                f"{part}{k}: checkpoint {have[k]} vs model {want[k]}"
-                for k in want
-                if k in have and have[k] != want[k]
-            ]
-            problems += [f"{part}{k}: missing in checkpoint" for k in want if k not in have]
-            problems += [f"{part}{k}: in checkpoint, not in model" for k in have if k not in want]
+            problems += shape_problems(template.get(part, {}), stored.get(part, {}) or {}, part)
         if problems:
             raise CheckpointMismatchError(
                 f"checkpoint {self.directory / str(step)} does not fit the model "
@@ -165,6 +150,26 @@ class Checkpointer:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+def shape_problems(want: Any, have: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two trees of arrays (or array metadata):
+    mis-shaped leaves, leaves missing in ``have``, and leaves ``want`` does not have."""
+
+    def shapes(tree):
+        return {
+            jax.tree_util.keystr(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)
+            if hasattr(x, "shape")
+        }
+
+    w, h = shapes(want), shapes(have)
+    problems = [
+        f"{prefix}{k}: checkpoint {h[k]} vs model {w[k]}" for k in w if k in h and h[k] != w[k]
+    ]
+    problems += [f"{prefix}{k}: missing in checkpoint" for k in w if k not in h]
+    problems += [f"{prefix}{k}: in checkpoint, not in model" for k in h if k not in w]
+    return problems
 
 
 def _as_tree(metadata: Any) -> Any:

@@ -134,10 +134,7 @@ def load_backbone_weights(path: str, params: Any, batch_stats: Any) -> tuple[Any
 
 
 def _check_same_shapes(want: Any, have: Any, what: str) -> None:
-    w = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(want)}
-    h = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(have)}
-    bad = [f"{k}: {h.get(k, 'missing')} vs model {w[k]}" for k in w if h.get(k) != w[k]]
-    bad += [f"{k}: not in model" for k in h if k not in w]
+    bad = ckpt_lib.shape_problems(want, have)
     if bad:
         raise ckpt_lib.CheckpointMismatchError(
             f"{what} do not fit the configured model ({len(bad)} problem(s)): " + "; ".join(bad[:8])
