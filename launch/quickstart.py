@@ -7,9 +7,13 @@
 3. evaluates it zero-shot, NIR probes -> VIS gallery, on the 10 folds of the target set;
 4. fine-tunes it on each fold's training split (MEC: frozen class-mean classifier) and
    evaluates each fold again;
-5. prints a table (TAR@FAR = 1e-3, 1e-2, Rank-1: mean +- std over folds, zero-shot vs
-   fine-tuned), writes WORKDIR/results.json and results.md, and exports the fold-1 fine-tuned
-   backbone to WORKDIR/export (load it with ``hfrjax.load_embedder``).
+5. exports the fold-1 fine-tuned backbone to WORKDIR/export (load it with
+   ``hfrjax.load_embedder``) and evaluates it on fold 1 with complete, "maskTop" (eye band)
+   and "maskBottom" (lower face) NIR probes;
+6. prints a table (TAR@FAR = 1e-3, 1e-2, Rank-1: mean +- std over folds, zero-shot vs
+   fine-tuned; then the partial-face rows), writes WORKDIR/results.json and results.md, and
+   reports with plots (eval.md, roc.png, cmc.png, scores.png) to WORKDIR/report and
+   WORKDIR/report_partial.
 
 Every stage keeps its state in WORKDIR: re-running resumes where it stopped and skips what is
 done. Expected result and wall time: README, "Quickstart".
@@ -77,9 +81,10 @@ def main(argv):
     del argv
     import jax
 
+    from hfrjax.data import occlusion as occlusion_lib
     from hfrjax.data import synthetic
-    from hfrjax.eval import metrics, protocols
-    from hfrjax.train import trainer
+    from hfrjax.eval import metrics, protocols, report
+    from hfrjax.train import export, trainer
 
     t0 = time.perf_counter()
     work = Path(_WORKDIR.value).absolute()
@@ -144,26 +149,52 @@ def main(argv):
             trainer.train(ft, str(fold_dir))
         per_fold += json.loads((fold_dir / "eval.json").read_text())["folds"]
     mean, std = metrics.aggregate([f["metrics"] for f in per_fold])
-    tuned = dict(zero, folds=per_fold, mean=mean, std=std)
+    curves = protocols.mean_curves([f["curves"] for f in per_fold])
+    tuned = dict(zero, folds=per_fold, mean=mean, std=std, curves=curves)
 
-    _say("[5/5] exporting the fold-1 fine-tuned backbone")
+    _say("[5/5] exporting the fold-1 fine-tuned backbone; partial-face probes; reports")
     trainer.export_from_workdir(str(work / "finetune" / "fold_1"), str(work / "export"))
-    table = protocols.format_table(
-        {"zero-shot (VIS pretraining)": zero, "fine-tuned (MEC, frozen classifier)": tuned},
-        metric_names=list(METRICS),
+    runs = {"zero-shot (VIS pretraining)": zero, "fine-tuned (MEC, frozen classifier)": tuned}
+    report.write_report(runs, work / "report", title="Quickstart: NIR->VIS, synthetic target set")
+    embedder = export.load_embedder(work / "export")
+    partial = {}
+    for occlusion in ("none", *occlusion_lib.OCCLUSIONS):
+        r = protocols.evaluate_protocol(
+            embedder,
+            target,
+            folds=[1],
+            batch_size=128,
+            fars=(1e-3, 1e-2),
+            image_size=(embedder.input_size, embedder.input_size),
+            occlusion=occlusion,
+        )
+        partial[f"fold-1 model, probes {'complete' if occlusion == 'none' else occlusion}"] = r
+    report.write_report(
+        partial, work / "report_partial", title="Quickstart: partial-face NIR probes, fold 1"
     )
+    table = report.paper_table(runs, metric_names=list(METRICS))
     elapsed = time.perf_counter() - t0
     _write_json(
         work / "results.json",
-        {"zero_shot": zero, "fine_tuned": tuned, "wall_seconds_this_run": elapsed},
+        {
+            "zero_shot": zero,
+            "fine_tuned": tuned,
+            "partial_fold1": partial,
+            "wall_seconds_this_run": elapsed,
+        },
     )
     header = (
         f"NIR->VIS on synthetic target set, {len(folds)} folds, mean ± std (%); "
         f"this run took {elapsed:.0f} s\n\n"
     )
-    (work / "results.md").write_text(header + table, encoding="utf-8")
-    _say("\n" + header + table)
-    _say(f"results: {work / 'results.json'}; exported embedder: {work / 'export'}")
+    partial_table = report.paper_table(partial, metric_names=list(METRICS))
+    text = header + table + "\nPartial-face probes (gallery complete):\n\n" + partial_table
+    (work / "results.md").write_text(text, encoding="utf-8")
+    _say("\n" + text)
+    _say(
+        f"results: {work / 'results.json'}; reports with plots: {work / 'report'}, "
+        f"{work / 'report_partial'}; exported embedder: {work / 'export'}"
+    )
 
 
 if __name__ == "__main__":

@@ -372,22 +372,54 @@ def test_blockwise_equals_dense_with_exact_ties(ties):
     np.testing.assert_array_equal(got.impostor, imp)
 
 
-def test_blockwise_reducer_sees_every_pair_once():
-    class Counting(metrics.ExactPairScores):
-        blocks = 0
-
-        def update(self, sim_block, same_block):
-            Counting.blocks += 1
-            assert sim_block.shape == same_block.shape and sim_block.shape[0] <= 4
-            super().update(sim_block, same_block)
-
+def test_blockwise_histogram_equals_quantised_exact():
+    # Several blocks with padding (10 = 4 + 4 + 2): padding rows must not be counted.
     rng = np.random.default_rng(2)
-    pe, ge = rng.normal(size=(10, 4)), rng.normal(size=(6, 4))
-    got = metrics.score_blocks(
-        pe, ge, np.arange(10) % 3, np.arange(6) % 3, 4, reducer=Counting(), retrieval=False
+    pe, ge = rng.normal(size=(10, 8)), rng.normal(size=(9, 8))
+    pl, gl = np.arange(10) % 4, np.arange(9) % 3
+    exact = metrics.score_blocks(pe, ge, pl, gl, 4, retrieval=False)
+    got = metrics.score_blocks(pe, ge, pl, gl, 4, retrieval=False, pair_scores="histogram", bins=64)
+    assert got.genuine is None and got.average_precision is None
+    assert got.num_genuine == exact.genuine.size and got.num_impostor == exact.impostor.size
+    want = metrics.ScoreHistogram.from_scores(exact.genuine, exact.impostor, 64)
+    np.testing.assert_array_equal(got.histogram.genuine, want.genuine)
+    np.testing.assert_array_equal(got.histogram.impostor, want.impostor)
+    np.testing.assert_array_equal(got.first_rank, exact.first_rank)
+    # Histogram metrics are the exact metrics of the scores moved to their bin's lower edge.
+    edges = want.edges
+    lower = lambda x: edges[metrics._bin_index(np.asarray(x), 64)]  # noqa: E731
+    fars = (0.05, 0.2, 0.5)
+    for method in metrics.TAR_METHODS:
+        ref = metrics.verification_metrics(
+            lower(exact.genuine), lower(exact.impostor), fars, method
+        )
+        assert got.verification_metrics(fars, method) == pytest.approx(ref, abs=1e-12)
+    # With bins fine enough to separate every score, the histogram gives the exact metrics.
+    fine = metrics.score_blocks(pe, ge, pl, gl, 4, retrieval=False, pair_scores="histogram")
+    assert fine.verification_metrics(fars) == pytest.approx(
+        exact.verification_metrics(fars), abs=1e-9
     )
-    assert Counting.blocks == 3 and got.genuine.size + got.impostor.size == 60
-    assert got.average_precision is None
+
+
+def test_score_histogram_against_sklearn_on_quantised_scores():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    gen = np.clip(rng.normal(0.5, 0.2, 3000), -1, 0.999)
+    imp = np.clip(rng.normal(0.0, 0.2, 20000), -1, 0.999)
+    hist = metrics.ScoreHistogram.from_scores(gen, imp, 256)
+    q = lambda x: hist.edges[metrics._bin_index(x, 256)]  # noqa: E731
+    y = np.r_[np.ones(gen.size), np.zeros(imp.size)]
+    s = np.r_[q(gen), q(imp)]
+    got = metrics.verification_metrics_from_histogram(hist, (1e-3, 1e-2))
+    assert got["AUC"] == pytest.approx(sk.roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr, _ = sk.roc_curve(y, s)
+    i = len(fpr) - 1 - int(np.argmin(np.abs(fpr[::-1] - 1e-2)))
+    assert got["TAR@FAR=1e-2"] == pytest.approx(tpr[i], abs=1e-12)
+    coarse = hist.coarsen(16)
+    assert coarse.genuine.sum() == gen.size and coarse.edges.size == 17
+    np.testing.assert_array_equal(coarse.impostor, hist.impostor.reshape(16, 16).sum(1))
+    with pytest.raises(ValueError, match="coarsen"):
+        hist.coarsen(100)
 
 
 def test_score_blocks_errors():
@@ -397,3 +429,9 @@ def test_score_blocks_errors():
         metrics.score_blocks(np.ones((2, 3)), np.ones((2, 4)), [0, 1], [0, 1])
     with pytest.raises(ValueError, match="non-finite"):
         metrics.score_blocks(np.full((1, 2), np.nan), np.ones((1, 2)), [0], [0])
+    with pytest.raises(ValueError, match="pair_scores"):
+        metrics.score_blocks(np.ones((1, 2)), np.ones((1, 2)), [0], [0], pair_scores="approx")
+    with pytest.raises(ValueError, match="a ROC needs both"):
+        metrics.verification_metrics_from_histogram(
+            metrics.ScoreHistogram.from_scores([0.5], np.zeros(0), 8)
+        )

@@ -187,3 +187,57 @@ def test_format_table_several_rows(proto_dir):
     lines = table.strip().splitlines()
     assert len(lines) == 4 and lines[2].startswith("| label | 100.00 ± 0.00")
     assert lines[3].startswith("| shuffled | ")
+
+
+def test_curves_match_the_metrics(proto_dir):
+    r = protocols.evaluate_protocol(
+        ShuffledEmbed(), proto_dir, batch_size=8, fars=(1e-2, 1e-1), ranks=(1, 5)
+    )
+    for f in r["folds"]:
+        c = f["curves"]
+        # The ROC grid stops at 1 / #impostors and is ascending; TAR is non-decreasing.
+        assert c["roc"]["far"][0] * f["num_impostor"] >= 1.0
+        assert c["roc"]["far"] == sorted(c["roc"]["far"]) and c["roc"]["far"][-1] == 1.0
+        assert np.all(np.diff(c["roc"]["tar"]) >= 0) and c["roc"]["tar"][-1] == 1.0
+        assert c["cmc"]["rank"] == list(range(1, 7))  # Gallery of 6 identities < 20.
+        assert c["cmc"]["rate"][0] == f["metrics"]["Rank-1"]
+        assert c["cmc"]["rate"][4] == f["metrics"]["Rank-5"]
+        assert sum(c["scores"]["genuine"]) == f["num_genuine"]
+        assert sum(c["scores"]["impostor"]) == f["num_impostor"]
+        assert len(c["scores"]["edges"]) == len(c["scores"]["genuine"]) + 1
+    m = r["curves"]
+    ranks = np.array([f["curves"]["cmc"]["rate"] for f in r["folds"]])
+    np.testing.assert_allclose(m["cmc"]["rate"], ranks.mean(0))
+    np.testing.assert_allclose(m["cmc"]["rate_std"], ranks.std(0))
+    assert m["roc"]["far"][0] >= max(f["curves"]["roc"]["far"][0] for f in r["folds"])
+    assert sum(m["scores"]["impostor"]) == sum(f["num_impostor"] for f in r["folds"])
+
+
+def test_histogram_pair_scores_agree_with_exact(proto_dir):
+    kw = dict(batch_size=8, fars=(1e-2, 1e-1), folds=[1, 2])
+    exact = protocols.evaluate_protocol(ShuffledEmbed(), proto_dir, **kw)
+    hist = protocols.evaluate_protocol(ShuffledEmbed(), proto_dir, pair_scores="histogram", **kw)
+    for a, b in zip(exact["folds"], hist["folds"]):
+        assert a["num_impostor"] == b["num_impostor"]
+        assert b["metrics"] == pytest.approx(a["metrics"], abs=1e-4)
+
+
+def test_template_gallery_fuses_each_identity(tmp_path):
+    # Gallery lists hold two VIS images per identity; templates leave one row per identity.
+    write_tiny_dataset(tmp_path, num_ids=NUM_IDS, per_modality=PER_MOD, size=8, num_shards=1)
+    test = range(6)
+    fold = Fold(train={}, gallery=_keys(test, "vis"), probe=_keys(test, "nir"))
+    Protocol("two-per-id", [fold]).save(tmp_path)
+    images = protocols.evaluate_protocol(LabelEmbed(), tmp_path, batch_size=8)
+    tmpl = protocols.evaluate_protocol(
+        LabelEmbed(), tmp_path, batch_size=8, gallery_mode="template"
+    )
+    assert images["folds"][0]["num_gallery"] == 12 and tmpl["folds"][0]["num_gallery"] == 6
+    assert tmpl["folds"][0]["num_genuine"] == 12  # 12 probes x their one template.
+    assert tmpl["folds"][0]["metrics"]["Rank-1"] == 1.0
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]], np.float32)
+    t, ids = protocols.identity_templates(emb, np.array([5, 5, 2]))
+    np.testing.assert_array_equal(ids, [2, 5])
+    np.testing.assert_allclose(t, [[0.6, 0.8], [2**-0.5, 2**-0.5]], rtol=1e-6)
+    with pytest.raises(ValueError, match="gallery_mode"):
+        protocols.evaluate_protocol(LabelEmbed(), tmp_path, gallery_mode="mean")

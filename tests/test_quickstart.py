@@ -41,6 +41,13 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path):
         for name in ("TAR@FAR=1e-3", "TAR@FAR=1e-2", "Rank-1"):
             assert 0.0 <= results[part]["mean"][name] <= 1.0
     assert (tmp_path / "results.md").read_text().count("|") > 10
+    # Reports with plots; the partial-face rows degrade probes only, so they differ.
+    for d in ("report", "report_partial"):
+        for name in ("eval.json", "eval.md", "roc.png", "cmc.png", "scores.png"):
+            assert (tmp_path / d / name).stat().st_size > 0, (d, name)
+    partial = results["partial_fold1"]
+    assert [r["occlusion"] for r in partial.values()] == ["none", "maskTop", "maskBottom"]
+    assert len({r["mean"]["AUC"] for r in partial.values()}) == 3
     assert (tmp_path / "pretrain" / "checkpoints").is_dir()
     embedder = hfrjax.load_embedder(tmp_path / "export")
     x = np.zeros((2, embedder.input_size, embedder.input_size, 3), np.uint8)

@@ -17,12 +17,15 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from hfrjax.data.tfrecord import MODALITIES
+
 try:  # libspng decodes PNG ~1.7x faster than Pillow; Pillow remains the fallback.
     import pyspng
 except ImportError:  # pragma: no cover
     pyspng = None
 
 CHANNEL_AUGS = ("none", "red", "random_channel")
+ERASE_FILLS = ("noise", "zero")
 
 
 class ImageDecodeError(ValueError):
@@ -83,7 +86,7 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation. Order: flip, channel augmentation, random erasing.
+    """Training-time augmentation. Order: flip, channel augmentation, random erasing, occlusion.
 
     ``channel_aug``:
       "red": with probability ``channel_aug_p`` replace RGB by [R, R, R] (the Rethinking paper's
@@ -92,6 +95,11 @@ class AugmentConfig:
     Random erasing (Zhong et al.) fills a rectangle of area fraction ``erasing_area`` and
     aspect ratio ``erasing_ratio`` (log-uniform) with uniform noise, with probability
     ``erasing_p``.
+    Occlusion (the SSN paper's partial-face training) masks one random rectangle, the same
+    sampling with ``occlude_area`` / ``occlude_ratio``, filled per ``occlude_fill`` ("zero" or
+    "noise"), with probability ``occlude_p``, only on images whose modality is in
+    ``occlude_modalities`` (SSN masks the NIR inputs only). With ``occlude_p == 0`` it draws
+    nothing from the RNG, so outputs are unchanged.
     """
 
     hflip: bool = True
@@ -100,14 +108,32 @@ class AugmentConfig:
     erasing_p: float = 0.0
     erasing_area: tuple[float, float] = (0.02, 0.4)
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
+    occlude_p: float = 0.0
+    occlude_area: tuple[float, float] = (0.1, 0.5)
+    occlude_ratio: tuple[float, float] = (0.3, 3.3)
+    occlude_fill: str = "zero"
+    occlude_modalities: tuple[str, ...] = ("nir",)
 
     def __post_init__(self):
         if self.channel_aug not in CHANNEL_AUGS:
             raise ValueError(f"channel_aug must be one of {CHANNEL_AUGS}, got {self.channel_aug!r}")
-        for name in ("channel_aug_p", "erasing_p"):
+        for name in ("channel_aug_p", "erasing_p", "occlude_p"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        check_range("occlude_area", self.occlude_area, hi=1.0)
+        check_range("occlude_ratio", self.occlude_ratio)
+        if self.occlude_fill not in ERASE_FILLS:
+            raise ValueError(
+                f"occlude_fill must be one of {ERASE_FILLS}, got {self.occlude_fill!r}"
+            )
+        mods = self.occlude_modalities
+        # A bare string would pass `in` checks by substring ("ir" in "nir"), so reject it.
+        if isinstance(mods, str) or not isinstance(mods, tuple):
+            raise ValueError(f"occlude_modalities must be a tuple of names, got {mods!r}")
+        bad = [m for m in mods if m not in MODALITIES]
+        if bad:
+            raise ValueError(f"occlude_modalities has unknown modality {bad}; known: {MODALITIES}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AugmentConfig":
@@ -118,10 +144,20 @@ class AugmentConfig:
             raise ValueError(
                 f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(known)}"
             )
-        for k in ("erasing_area", "erasing_ratio"):
+        for k in ("erasing_area", "erasing_ratio", "occlude_area", "occlude_ratio"):
             if k in d:
                 d[k] = tuple(d[k])
+        if isinstance(d.get("occlude_modalities"), list):
+            d["occlude_modalities"] = tuple(d["occlude_modalities"])
         return cls(**d)
+
+
+def check_range(name: str, v: Any, hi: float | None = None) -> None:
+    """A (lo, hi) pair with 0 < lo <= hi (<= ``hi``): the sampler's log/uniform draws need it."""
+    ok = isinstance(v, tuple) and len(v) == 2 and 0.0 < v[0] <= v[1] and (hi is None or v[1] <= hi)
+    if not ok:
+        limit = "" if hi is None else f" <= {hi}"
+        raise ValueError(f"{name} must be a pair (lo, hi) with 0 < lo <= hi{limit}, got {v!r}")
 
 
 def red_channel(img: np.ndarray) -> np.ndarray:
@@ -129,11 +165,19 @@ def red_channel(img: np.ndarray) -> np.ndarray:
     return np.repeat(img[:, :, :1], img.shape[2], axis=2)
 
 
-def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+def augment(
+    img: np.ndarray,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    *,
+    modality: str | None = None,
+) -> np.ndarray:
     """Applies ``cfg`` to one uint8 [H, W, C] image; returns a new contiguous array.
 
     Flips and channel replication are views; the single copy is made at the end, and erasing
-    then writes into that copy.
+    and occlusion then write into that copy. ``modality`` (e.g. "nir") selects whether
+    occlusion applies; it is required when ``cfg.occlude_p > 0`` so that occlusion is never
+    silently skipped.
     """
     if cfg.hflip and rng.random() < 0.5:
         img = img[:, ::-1]
@@ -148,6 +192,13 @@ def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np
     img = np.array(img, order="C", copy=True)
     if cfg.erasing_p > 0 and rng.random() < cfg.erasing_p:
         erase_in_place(img, rng, cfg.erasing_area, cfg.erasing_ratio)
+    if cfg.occlude_p > 0:
+        if modality is None:
+            raise ValueError(
+                f"augment: occlude_p={cfg.occlude_p} needs modality= to pick the images to occlude"
+            )
+        if modality in cfg.occlude_modalities and rng.random() < cfg.occlude_p:
+            erase_in_place(img, rng, cfg.occlude_area, cfg.occlude_ratio, fill=cfg.occlude_fill)
     return img
 
 
@@ -156,9 +207,15 @@ def erase_in_place(
     rng: np.random.Generator,
     area: tuple[float, float] = (0.02, 0.4),
     ratio: tuple[float, float] = (0.3, 3.3),
+    fill: str = "noise",
 ) -> bool:
-    """Fills one random rectangle of ``img`` with uniform noise (a few shape tries, like
-    torchvision's RandomErasing); returns whether it erased."""
+    """Fills one random rectangle of ``img`` with uniform noise or zeros (a few shape tries,
+    like torchvision's RandomErasing); returns whether it erased.
+
+    ``fill="zero"`` draws no noise, so its RNG stream differs from "noise" after the box.
+    """
+    if fill not in ERASE_FILLS:
+        raise ValueError(f"fill must be one of {ERASE_FILLS}, got {fill!r}")
     h, w, c = img.shape
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
@@ -167,7 +224,10 @@ def erase_in_place(
         eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < eh < h and 0 < ew < w:
             y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
-            img[y : y + eh, x : x + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
+            if fill == "zero":
+                img[y : y + eh, x : x + ew] = 0
+            else:
+                img[y : y + eh, x : x + ew] = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
             return True
     return False
 

@@ -375,7 +375,7 @@ class _Process:
             ) from e
         if self._train:
             rng = np.random.default_rng([self._cfg.seed, 0x5EED, t])
-            img = augment_lib.augment(img, self._cfg.augment, rng)
+            img = augment_lib.augment(img, self._cfg.augment, rng, modality=sample.modality)
         if self._cfg.normalize_on_host:
             img = augment_lib.normalize_images(img)
         return {"image": img, "label": np.int32(self._labels[row]), "modality": self._modality[row]}
@@ -537,7 +537,7 @@ class _ParseStreamed:
             )
         except Exception as e:  # noqa: BLE001
             raise augment_lib.ImageDecodeError(f"cannot decode sample {sample.key!r}: {e}") from e
-        img = augment_lib.augment(img, self._cfg.augment, rng)
+        img = augment_lib.augment(img, self._cfg.augment, rng, modality=sample.modality)
         if self._cfg.normalize_on_host:
             img = augment_lib.normalize_images(img)
         return {

@@ -104,22 +104,13 @@ from PIL import Image
 from scipy import ndimage
 
 from hfrjax.data import dataset as dataset_lib
+from hfrjax.data import occlusion, tfrecord
 from hfrjax.data import protocol as protocol_lib
-from hfrjax.data import tfrecord
 
 Modality = Literal["vis", "nir"]
 
 # ArcFace 5-point template for 112x112 crops: eyes, nose tip, mouth corners (x, y).
-ARCFACE_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    np.float32,
-)
+ARCFACE_TEMPLATE_112 = np.array(occlusion.ARCFACE_112, np.float32)
 
 # The face frame: origin at (56, 66) of a 112 crop, one unit = half the template's
 # inter-ocular distance, so the template eyes sit at u = -1, +1, v = -0.82.

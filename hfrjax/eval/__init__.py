@@ -2,7 +2,7 @@
 
 from hfrjax.eval.metrics import (
     BlockScores,
-    ExactPairScores,
+    ScoreHistogram,
     aggregate,
     auc,
     cmc,
@@ -14,12 +14,13 @@ from hfrjax.eval.metrics import (
     score_blocks,
     tar_at_far,
     verification_metrics,
+    verification_metrics_from_histogram,
 )
 from hfrjax.eval.protocols import embed_keys, evaluate_protocol, format_table
 
 __all__ = [
     "BlockScores",
-    "ExactPairScores",
+    "ScoreHistogram",
     "aggregate",
     "auc",
     "cmc",
@@ -34,4 +35,5 @@ __all__ = [
     "score_blocks",
     "tar_at_far",
     "verification_metrics",
+    "verification_metrics_from_histogram",
 ]

@@ -47,8 +47,9 @@ Folds: `mean_std` uses the population standard deviation (``np.std``, ddof=0), a
 field's 10-fold tables do.
 
 Large score sets: `score_blocks` computes cosine similarities one probe block at a time under
-``jax.jit`` and reduces each block to what the metrics need (per-probe ranks and AP/INP on
-device; genuine/impostor scores via an explicit per-block reducer on the host).
+``jax.jit`` and reduces each block to what the metrics need on the device: per-probe ranks and
+AP/INP, and either the exact pair scores or a fine `ScoreHistogram` (bounded memory for
+10^10 pairs; metrics of the histogram are exact for the scores quantised to its bin edges).
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -255,11 +255,7 @@ def verification_metrics(
     genuine_scores, impostor_scores, fars: Iterable[float] = (1e-3, 1e-2), method: str = "nearest"
 ) -> dict[str, float]:
     """TAR@FAR for each far, EER and AUC from one ROC; keys "TAR@FAR=1e-3", "EER", "AUC"."""
-    roc = _roc_counts(genuine_scores, impostor_scores)
-    out = {f"TAR@FAR={far_name(f)}": v for f, v in _tar_at_far(roc, list(fars), method).items()}
-    out["EER"] = eer_from_roc(roc.fpr, roc.tpr)
-    out["AUC"] = auc_from_roc(roc.fpr, roc.tpr)
-    return out
+    return _metrics_from_roc(_roc_counts(genuine_scores, impostor_scores), fars, method)
 
 
 def pair_scores(similarity, probe_labels, gallery_labels) -> tuple[np.ndarray, np.ndarray]:
@@ -410,49 +406,154 @@ def aggregate(
 
 
 # --------------------------------------------------------------------------------------------
-# Blockwise scoring.
+# Score histograms: the bounded-memory reduction of very many pairs.
+
+SCORE_RANGE = (-1.0, 1.0)  # Cosine similarities.
+DEFAULT_HISTOGRAM_BINS = 1 << 20  # Quantisation step 2 / 2^20 ~ 1.9e-6 in cosine.
 
 
-class PairScoreReducer(Protocol):
-    """Reduces the similarity blocks to what verification metrics need.
+def _bin_index(scores, bins: int, lo: float = SCORE_RANGE[0], hi: float = SCORE_RANGE[1]):
+    """Bin of each score on a uniform grid over [lo, hi) (out-of-range scores are clamped).
 
-    `update` sees each probe block's similarities [b, G] (host numpy, padding removed) and its
-    same-identity mask; `result` returns whatever the metrics consume. `ExactPairScores` keeps
-    every score; a bounded-memory variant (e.g. a fine histogram of impostor scores) can be
-    swapped in for huge galleries.
+    Written once with array methods so numpy (tests) and jax (device) quantise identically:
+    float32 arithmetic in both.
+    """
+    xp = jnp if isinstance(scores, jax.Array) else np
+    x = (scores.astype(xp.float32) - xp.float32(lo)) * xp.float32(bins / (hi - lo))
+    return xp.clip(xp.floor(x).astype(xp.int32), 0, bins - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreHistogram:
+    """Genuine and impostor pair counts on a uniform score grid.
+
+    The metrics computed from it are the exact metrics of the scores *quantised down to their
+    bin's lower edge*: every ROC point is a bin edge, and each quantity differs from the
+    unquantised one only through pairs that share a bin (with 2^20 bins over [-1, 1] the step is
+    1.9e-6 in cosine, far below what separates operating points in practice).
     """
 
-    def update(self, sim_block: np.ndarray, same_block: np.ndarray) -> None: ...
+    edges: np.ndarray  # [bins + 1] float64, ascending.
+    genuine: np.ndarray  # [bins] int64.
+    impostor: np.ndarray  # [bins] int64.
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]: ...
+    @property
+    def num_bins(self) -> int:
+        return int(self.genuine.size)
+
+    def coarsen(self, num_bins: int) -> "ScoreHistogram":
+        """Sums groups of adjacent bins (``num_bins`` must divide the current count)."""
+        if num_bins < 1 or self.num_bins % num_bins:
+            raise ValueError(f"cannot coarsen {self.num_bins} bins to {num_bins}")
+        f = self.num_bins // num_bins
+        return ScoreHistogram(
+            edges=self.edges[::f],
+            genuine=self.genuine.reshape(num_bins, f).sum(1),
+            impostor=self.impostor.reshape(num_bins, f).sum(1),
+        )
+
+    @classmethod
+    def from_scores(
+        cls, genuine_scores, impostor_scores, bins: int, score_range=SCORE_RANGE
+    ) -> "ScoreHistogram":
+        """Histogram of exact scores with the same quantiser as the device path."""
+        lo, hi = score_range
+        counts = [
+            np.bincount(_bin_index(np.asarray(x), bins, lo, hi).reshape(-1), minlength=bins)
+            for x in (genuine_scores, impostor_scores)
+        ]
+        return cls(
+            np.linspace(lo, hi, bins + 1), counts[0].astype(np.int64), counts[1].astype(np.int64)
+        )
 
 
-class ExactPairScores:
-    """Keeps every genuine and impostor score, in row-major (probe, gallery) order."""
+def _roc_counts_from_histogram(hist: ScoreHistogram) -> _RocCounts:
+    """The ROC of the quantised scores: thresholds at the lower edges of non-empty bins."""
+    occupied = np.flatnonzero((hist.genuine > 0) | (hist.impostor > 0))[::-1]  # Descending.
+    if hist.genuine.sum() == 0 or hist.impostor.sum() == 0:
+        raise ValueError(
+            f"score histogram has {int(hist.genuine.sum())} genuine and "
+            f"{int(hist.impostor.sum())} impostor pairs: a ROC needs both"
+        )
+    tp = np.cumsum(hist.genuine[::-1])[::-1][occupied]  # Pairs in bins >= i.
+    fp = np.cumsum(hist.impostor[::-1])[::-1][occupied]
+    return _RocCounts(
+        fp=np.concatenate([[0], fp]),
+        tp=np.concatenate([[0], tp]),
+        thresholds=np.concatenate([[np.inf], hist.edges[occupied]]),
+        num_impostor=int(hist.impostor.sum()),
+        num_genuine=int(hist.genuine.sum()),
+    )
 
-    def __init__(self):
-        self._genuine: list[np.ndarray] = []
-        self._impostor: list[np.ndarray] = []
 
-    def update(self, sim_block: np.ndarray, same_block: np.ndarray) -> None:
-        self._genuine.append(sim_block[same_block])
-        self._impostor.append(sim_block[~same_block])
+def verification_metrics_from_histogram(
+    hist: ScoreHistogram, fars: Iterable[float] = (1e-3, 1e-2), method: str = "nearest"
+) -> dict[str, float]:
+    """`verification_metrics` of the quantised scores held by ``hist``."""
+    return _metrics_from_roc(_roc_counts_from_histogram(hist), fars, method)
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,), np.float32)  # noqa: E731
-        return cat(self._genuine), cat(self._impostor)
+
+def _metrics_from_roc(roc: _RocCounts, fars, method: str) -> dict[str, float]:
+    out = {f"TAR@FAR={far_name(f)}": v for f, v in _tar_at_far(roc, list(fars), method).items()}
+    out["EER"] = eer_from_roc(roc.fpr, roc.tpr)
+    out["AUC"] = auc_from_roc(roc.fpr, roc.tpr)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Blockwise scoring.
+
+PAIR_SCORES = ("exact", "histogram")
 
 
 @dataclasses.dataclass
 class BlockScores:
-    """What `score_blocks` returns; per-probe arrays follow the probe order."""
+    """What `score_blocks` returns; per-probe arrays follow the probe order.
 
-    genuine: np.ndarray  # [n_genuine] scores of same-identity pairs.
-    impostor: np.ndarray  # [n_impostor] scores of different-identity pairs.
+    Pair scores come either exactly (``genuine`` / ``impostor``, row-major (probe, gallery)
+    order) or as a `ScoreHistogram` (``histogram``), per `score_blocks`' ``pair_scores``.
+    """
+
+    genuine: np.ndarray | None  # [n_genuine] scores of same-identity pairs.
+    impostor: np.ndarray | None  # [n_impostor] scores of different-identity pairs.
+    histogram: ScoreHistogram | None
     first_rank: np.ndarray  # [P] 1-based rank of the first correct match; 0 = none in gallery.
     average_precision: np.ndarray | None  # [P], NaN where no match (None if not computed).
     inp: np.ndarray | None  # [P] inverse negative penalty, NaN where no match.
     num_positives: np.ndarray  # [P] gallery items sharing the probe's identity.
+
+    @property
+    def num_genuine(self) -> int:
+        if self.histogram is not None:
+            return int(self.histogram.genuine.sum())
+        return int(self.genuine.size)
+
+    @property
+    def num_impostor(self) -> int:
+        if self.histogram is not None:
+            return int(self.histogram.impostor.sum())
+        return int(self.impostor.size)
+
+    def _roc(self) -> _RocCounts:
+        if self.histogram is not None:
+            return _roc_counts_from_histogram(self.histogram)
+        return _roc_counts(self.genuine, self.impostor)
+
+    def verification_metrics(
+        self, fars: Iterable[float] = (1e-3, 1e-2), method: str = "nearest"
+    ) -> dict[str, float]:
+        return _metrics_from_roc(self._roc(), fars, method)
+
+    def tar_at_far(self, fars: Iterable[float], method: str = "nearest") -> dict[float, float]:
+        return _tar_at_far(self._roc(), list(fars), method)
+
+    def score_histogram(self, num_bins: int) -> ScoreHistogram:
+        """A (coarse) histogram of the pair scores, e.g. for plotting."""
+        if self.histogram is not None and self.histogram.num_bins % num_bins == 0:
+            return self.histogram.coarsen(num_bins)
+        if self.histogram is not None:
+            raise ValueError(f"{num_bins} does not divide {self.histogram.num_bins} bins")
+        return ScoreHistogram.from_scores(self.genuine, self.impostor, num_bins)
 
     def cmc(self, max_rank: int, unmatched: str = "exclude") -> np.ndarray:
         return cmc_from_ranks(self.first_rank, max_rank, unmatched)
@@ -470,18 +571,26 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 _l2_normalize_jit = jax.jit(_l2_normalize)
 
 
-@functools.partial(jax.jit, static_argnames=("normalize", "pessimistic", "retrieval"))
+@functools.partial(
+    jax.jit, static_argnames=("normalize", "pessimistic", "retrieval", "keep_sim", "bins")
+)
 def _score_block(
     probe: jax.Array,
     probe_labels: jax.Array,
+    num_valid: jax.Array,
     gallery: jax.Array,
     gallery_labels: jax.Array,
     *,
     normalize: bool,
     pessimistic: bool,
     retrieval: bool,
+    keep_sim: bool,
+    bins: int,
 ):
-    """One probe block [b, D] against the whole gallery [G, D] -> similarities and reductions."""
+    """One probe block [b, D] against the whole gallery [G, D] -> reductions (and the block).
+
+    Rows at or beyond ``num_valid`` are padding; they are excluded from the histograms.
+    """
     if normalize:
         probe = _l2_normalize(probe)
     sim = jnp.matmul(probe, gallery.T, precision=jax.lax.Precision.HIGHEST)
@@ -490,7 +599,16 @@ def _score_block(
     ahead = (sim >= best) if pessimistic else (sim > best)
     npos = jnp.sum(same, axis=1)
     rank = jnp.where(npos > 0, 1 + jnp.sum(ahead & ~same, axis=1), 0)
-    out = {"sim": sim, "rank": rank, "npos": npos}
+    out = {"rank": rank, "npos": npos}
+    if keep_sim:
+        out["sim"] = sim
+    if bins:
+        # One bincount over [impostor bins | genuine bins]; padding rows carry weight 0.
+        valid = (jnp.arange(sim.shape[0]) < num_valid)[:, None]
+        idx = _bin_index(sim, bins) + bins * same.astype(jnp.int32)
+        weight = jnp.broadcast_to(valid, sim.shape).astype(jnp.int32)
+        counts = jnp.bincount(idx.reshape(-1), weight.reshape(-1), length=2 * bins)
+        out["impostor_hist"], out["genuine_hist"] = counts[:bins], counts[bins:]
     if retrieval:
         g = sim.shape[1]
         # Lexicographic sort: descending score, then negatives before positives (pessimistic).
@@ -516,17 +634,27 @@ def score_blocks(
     normalize: bool = True,
     ties: str = "pessimistic",
     retrieval: bool = True,
-    reducer: PairScoreReducer | None = None,
+    pair_scores: str = "exact",
+    bins: int = DEFAULT_HISTOGRAM_BINS,
 ) -> BlockScores:
     """Cosine-scores every probe against the gallery, one jitted probe block at a time.
 
     Only one [block_size, G] similarity block exists on the device at a time (the gallery stays
-    there whole); each block is reduced to per-probe first-match ranks (CMC), AP and INP
-    (``retrieval=True``) on device, and its pair scores are handed to ``reducer`` on the host
-    (default `ExactPairScores`). The last block is padded to ``block_size`` so the step
-    compiles once. ``normalize=False`` uses raw dot products (embeddings already unit-norm).
+    there whole); each block is reduced on the device to per-probe first-match ranks (CMC) and,
+    with ``retrieval=True``, AP and INP. Pair scores for the ROC:
+
+    * ``pair_scores="exact"`` copies each block to the host and keeps every genuine and impostor
+      score (memory grows with P x G: right for protocol-sized sets, e.g. 10^7 pairs);
+    * ``pair_scores="histogram"`` never copies a block: the device bins it into ``bins``
+      genuine and impostor counts, accumulated on the host in int64, so memory is
+      O(block_size x G + bins) whatever P is (100k x 100k = 10^10 pairs in a few hundred MB).
+      Metrics then come from the quantised scores (`ScoreHistogram`).
+
+    The last block is padded to ``block_size`` so the step compiles once. ``normalize=False``
+    uses raw dot products (embeddings already unit-norm).
     """
     _check_choice(ties, TIES, "ties")
+    _check_choice(pair_scores, PAIR_SCORES, "pair_scores")
     probe = np.asarray(probe_emb, np.float32)
     gallery = np.asarray(gallery_emb, np.float32)
     pl = np.asarray(probe_labels).reshape(-1)
@@ -547,12 +675,14 @@ def score_blocks(
             raise ValueError(f"{name} embeddings contain non-finite values")
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if pair_scores == "histogram" and bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
     if not (np.issubdtype(pl.dtype, np.integer) and np.issubdtype(gl.dtype, np.integer)):
         raise ValueError(f"labels must be integers, got {pl.dtype} and {gl.dtype}")
     lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
     if min(pl.min(), gl.min()) < lo or max(pl.max(), gl.max()) > hi:
         raise ValueError("labels must fit in int32 (they are compared on the device)")
-    reducer = ExactPairScores() if reducer is None else reducer
+    exact = pair_scores == "exact"
 
     p = probe.shape[0]
     b = min(block_size, p)
@@ -560,7 +690,10 @@ def score_blocks(
     if normalize:
         gallery_dev = _l2_normalize_jit(gallery_dev)
     gl_dev = jnp.asarray(gl.astype(np.int32))
-    ranks, npos, aps, inps = [], [], [], []
+    ranks, npos, aps, inps, genuine, impostor = [], [], [], [], [], []
+    hist_g = hist_i = None
+    if not exact:
+        hist_g, hist_i = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
     for start in range(0, p, b):
         n = min(b, p - start)
         blk = np.zeros((b, probe.shape[1]), np.float32)
@@ -571,24 +704,36 @@ def score_blocks(
             _score_block(
                 jnp.asarray(blk),
                 jnp.asarray(lab),
+                jnp.int32(n),
                 gallery_dev,
                 gl_dev,
                 normalize=normalize,
                 pessimistic=ties == "pessimistic",
                 retrieval=retrieval,
+                keep_sim=exact,
+                bins=0 if exact else bins,
             )
         )
-        sim = out["sim"][:n]
-        reducer.update(sim, pl[start : start + n, None] == gl[None, :])
+        if exact:
+            sim = out["sim"][:n]
+            same = pl[start : start + n, None] == gl[None, :]
+            genuine.append(sim[same])
+            impostor.append(sim[~same])
+        else:
+            hist_g += out["genuine_hist"]
+            hist_i += out["impostor_hist"]
         ranks.append(out["rank"][:n])
         npos.append(out["npos"][:n])
         if retrieval:
             aps.append(out["ap"][:n])
             inps.append(out["inp"][:n])
-    genuine, impostor = reducer.result()
+    histogram = None
+    if not exact:
+        histogram = ScoreHistogram(np.linspace(*SCORE_RANGE, bins + 1), hist_g, hist_i)
     return BlockScores(
-        genuine=genuine,
-        impostor=impostor,
+        genuine=np.concatenate(genuine) if exact else None,
+        impostor=np.concatenate(impostor) if exact else None,
+        histogram=histogram,
         first_rank=np.concatenate(ranks).astype(np.int64),
         average_precision=np.concatenate(aps).astype(np.float64) if retrieval else None,
         inp=np.concatenate(inps).astype(np.float64) if retrieval else None,

@@ -179,23 +179,44 @@ def evaluate_protocol(
     channels: int = 3,
     flip_fuse: bool = False,
     probe_transform: ImageTransform | None = None,
+    occlusion: str = "none",
     tar_method: str = "nearest",
     ranks: Sequence[int] = (1,),
+    gallery_mode: str = "images",
     block_size: int = 1024,
+    pair_scores: str = "exact",
     num_threads: int = 2,
 ) -> dict[str, Any]:
     """Evaluates ``embed_fn`` on the protocol stored with a dataset; mean ± std over folds.
 
-    ``folds`` are 1-based fold numbers (None: all). ``probe_transform`` alters probe images
-    only (occlusion studies). TAR uses `metrics.tar_at_far` with ``tar_method`` ("nearest" is
-    the field's convention). Rank-k is closed-set: probes whose identity is not in the gallery
-    are excluded from the CMC (their count is reported per fold) but still give impostor pairs.
+    ``folds`` are 1-based fold numbers (None: all). ``occlusion`` ("maskTop", "maskBottom", see
+    `hfrjax.data.occlusion`) or any ``probe_transform`` alters probe images only (partial-face
+    studies). TAR uses `metrics.tar_at_far` with ``tar_method`` ("nearest" is the field's
+    convention). Rank-k is closed-set: probes whose identity is not in the gallery are excluded
+    from the CMC (their count is reported per fold) but still give impostor pairs.
+    ``gallery_mode``: "images" scores every listed gallery image (CASIA's lists already hold
+    one image per identity); "template" first fuses each identity's gallery images into one
+    template (normalised mean embedding). ``pair_scores="histogram"`` bounds memory for huge
+    sets (see `metrics.score_blocks`).
 
     Returns a dict: "protocol", "direction", "tar_method", "metrics" (ordered names),
     "folds" (list of {"fold", "num_probes", "num_gallery", "num_unmatched_probes",
-    "num_genuine", "num_impostor", "metrics": {name: value}}), "mean" and "std" ({name: value},
-    population std over folds). All metric values are fractions.
+    "num_genuine", "num_impostor", "metrics": {name: value}, "curves"}), "mean" and "std"
+    ({name: value}, population std over folds) and "curves" (fold means). All metric values are
+    fractions. Curves (for plots, see `hfrjax.eval.report`): "roc" {"far", "tar"} on a
+    log-spaced FAR grid (the exact ROC's largest TAR with FAR <= each grid value, grid points
+    below 1 / #impostors dropped), "cmc" {"rank", "rate"} up to rank 20, "scores" {"edges",
+    "genuine", "impostor"} pair counts on 256 bins over [-1, 1]; the fold means add
+    "tar_std" / "rate_std" and sum the score counts.
     """
+    from hfrjax.data import occlusion as occlusion_lib
+
+    if gallery_mode not in GALLERY_MODES:
+        raise ValueError(f"gallery_mode must be one of {GALLERY_MODES}, got {gallery_mode!r}")
+    if occlusion != "none":
+        if probe_transform is not None:
+            raise ValueError("give either occlusion or probe_transform, not both")
+        probe_transform = occlusion_lib.make_probe_occluder(occlusion)
     protocol = Protocol.load(dataset_dir)
     dataset = Dataset.open(dataset_dir)
     roles = _directions(protocol)
@@ -244,37 +265,42 @@ def evaluate_protocol(
         probes, gallery = lists[k]
         pl = dataset.records.select_keys(probes, what=f"probe list of fold {k}").label
         gl = dataset.records.select_keys(gallery, what=f"gallery list of fold {k}").label
+        gallery_emb = g_emb[[g_index[x] for x in gallery]]
+        if gallery_mode == "template":
+            gallery_emb, gl = identity_templates(gallery_emb, gl)
         scores = metrics.score_blocks(
             p_emb[[p_index[x] for x in probes]],
-            g_emb[[g_index[x] for x in gallery]],
+            gallery_emb,
             pl,
             gl,
             block_size,
             normalize=False,
             retrieval=False,
+            pair_scores=pair_scores,
         )
-        if scores.genuine.size == 0:
+        if scores.num_genuine == 0:
             raise ValueError(
                 f"fold {k} ({direction}): no probe shares an identity with the gallery, "
                 "so there are no genuine pairs"
             )
-        if scores.impostor.size == 0:
+        if scores.num_impostor == 0:
             raise ValueError(
                 f"fold {k} ({direction}): every probe-gallery pair is genuine (one "
                 "identity), so there are no impostor pairs"
             )
-        m = metrics.verification_metrics(scores.genuine, scores.impostor, fars, tar_method)
-        curve = scores.cmc(max(ranks)) if ranks else np.zeros(0)
-        values = {**m, **{f"Rank-{r}": float(curve[r - 1]) for r in ranks}}
+        m = scores.verification_metrics(fars, tar_method)
+        curves = _fold_curves(scores, len(gl))
+        values = {**m, **{f"Rank-{r}": _rank_rate(scores, r) for r in ranks}}
         per_fold.append(
             {
                 "fold": k,
                 "num_probes": len(probes),
-                "num_gallery": len(gallery),
+                "num_gallery": len(gl),
                 "num_unmatched_probes": int(np.sum(scores.first_rank == 0)),
-                "num_genuine": int(scores.genuine.size),
-                "num_impostor": int(scores.impostor.size),
+                "num_genuine": scores.num_genuine,
+                "num_impostor": scores.num_impostor,
                 "metrics": {n: values[n] for n in names},
+                "curves": curves,
             }
         )
     mean, std = metrics.aggregate([f["metrics"] for f in per_fold])
@@ -282,11 +308,82 @@ def evaluate_protocol(
         "protocol": protocol.name,
         "dataset": str(dataset_dir),
         "direction": direction,
+        "occlusion": occlusion if probe_transform is None or occlusion != "none" else "custom",
+        "gallery_mode": gallery_mode,
         "tar_method": tar_method,
         "metrics": names,
         "folds": per_fold,
         "mean": mean,
         "std": std,
+        "curves": mean_curves([f["curves"] for f in per_fold]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Templates and curves.
+
+GALLERY_MODES = ("images", "template")
+FAR_GRID = tuple(float(f) for f in 10.0 ** np.linspace(-6, 0, 61))  # 10 points per decade.
+CMC_MAX_RANK = 20
+SCORE_BINS = 256
+
+
+def identity_templates(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One template per identity: the L2-normalised mean of its (unit) embeddings."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    sums = np.zeros((ids.size, emb.shape[1]), np.float64)
+    np.add.at(sums, inverse, np.asarray(emb, np.float64))
+    return l2_normalize(sums), ids
+
+
+def _rank_rate(scores: metrics.BlockScores, rank: int) -> float:
+    return float(scores.cmc(rank)[rank - 1])
+
+
+def _fold_curves(scores: metrics.BlockScores, gallery_size: int) -> dict[str, Any]:
+    grid = [f for f in FAR_GRID if f * scores.num_impostor >= 1.0]
+    tar = scores.tar_at_far(grid, "strict")
+    max_rank = min(CMC_MAX_RANK, gallery_size)
+    hist = scores.score_histogram(SCORE_BINS)
+    return {
+        "roc": {"far": grid, "tar": [tar[f] for f in grid]},
+        "cmc": {
+            "rank": list(range(1, max_rank + 1)),
+            "rate": [float(r) for r in scores.cmc(max_rank)],
+        },
+        "scores": {
+            "edges": [float(e) for e in hist.edges],
+            "genuine": [int(c) for c in hist.genuine],
+            "impostor": [int(c) for c in hist.impostor],
+        },
+    }
+
+
+def mean_curves(fold_curves: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fold means (and population stds) of ROC and CMC on their common grid; summed scores."""
+    far = sorted(set.intersection(*(set(c["roc"]["far"]) for c in fold_curves)))
+    tars = np.array(
+        [[dict(zip(c["roc"]["far"], c["roc"]["tar"]))[f] for f in far] for c in fold_curves]
+    )
+    rank = min((c["cmc"]["rank"] for c in fold_curves), key=len)
+    rates = np.array([c["cmc"]["rate"][: len(rank)] for c in fold_curves])
+    scores = fold_curves[0]["scores"]
+    return {
+        "roc": {
+            "far": far,
+            "tar": tars.mean(0).tolist(),
+            "tar_std": tars.std(0).tolist(),
+        },
+        "cmc": {
+            "rank": list(rank),
+            "rate": rates.mean(0).tolist(),
+            "rate_std": rates.std(0).tolist(),
+        },
+        "scores": {
+            "edges": list(scores["edges"]),
+            "genuine": np.sum([c["scores"]["genuine"] for c in fold_curves], 0).tolist(),
+            "impostor": np.sum([c["scores"]["impostor"] for c in fold_curves], 0).tolist(),
+        },
     }
 
 
@@ -295,26 +392,10 @@ def evaluate_protocol(
 
 
 def format_table(results: Mapping[str, Any], metric_names: Sequence[str] | None = None) -> str:
-    """Markdown table of mean ± std (percent, 2 decimals) per metric.
+    """Markdown table of mean ± std (percent) per metric: `report.paper_table` without its note.
 
-    ``results`` is one `evaluate_protocol` result (one row, labelled with its direction) or a
-    mapping {row label: result} to compare several models / settings in one table.
+    ``results`` is one `evaluate_protocol` result or a mapping {row label: result}.
     """
-    rows = {results["direction"]: results} if "folds" in results else dict(results)
-    if not rows:
-        raise ValueError("format_table got no results")
-    if metric_names is None:
-        metric_names = []
-        for r in rows.values():
-            metric_names += [n for n in r["metrics"] if n not in metric_names]
-    header = "| Method | " + " | ".join(metric_names) + " |"
-    lines = [header, "|" + "---|" * (len(metric_names) + 1)]
-    for label, r in rows.items():
-        cells = []
-        for n in metric_names:
-            if n not in r["mean"]:
-                cells.append("–")
-                continue
-            cells.append(f"{100 * r['mean'][n]:.2f} ± {100 * r['std'][n]:.2f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    from hfrjax.eval import report
+
+    return report.paper_table(results, metric_names, note=False)

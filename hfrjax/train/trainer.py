@@ -259,6 +259,9 @@ def train(
         "data_dir": inp_cfg.data_dir,
         "model": {"name": config.model.name, "kwargs": export_lib._jsonable(model_kwargs)},
     }
+    ev = config.get("eval", None)
+    if ev and ev.get("data_dir"):  # Lets launch/evaluate.py --workdir find the protocol.
+        meta["eval"] = {"data_dir": ev.data_dir, "folds": list(ev.get("folds", None) or [])}
     if start is not None:
         state, _ = ckpt.restore(start, state, train_input.iterator)
 
@@ -370,5 +373,6 @@ def export_from_workdir(workdir: str, out_dir: str, *, step: int | None = None) 
             "source": str(Path(workdir).absolute()),
             "step": int(step),
             "data_dir": meta.get("data_dir", ""),
+            "eval": meta.get("eval", {}),
         },
     )
