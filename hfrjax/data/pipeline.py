@@ -19,6 +19,12 @@ Samplers (random-access mode):
   "paired"  P = batch / (2 K) identities with K NIR and K VIS images each (K = 1 default):
             every batch holds both modalities of the same identities.
 
+Joint sources (``InputConfig.joint``, random-access mode only): further datasets whose records
+are appended to the primary one's and whose identities get their own block of class ids after
+it, one `ClassRange` per dataset ("+target" pretraining). The samplers see only the contiguous
+class ids; "pk"/"paired" keep only identities with images in every sampled modality, so a
+VIS-only source set drops out of a pk/paired order over ("nir", "vis").
+
 Images leave the host as uint8 unless ``normalize_on_host``; `augment.normalize_images`
 maps them to [-1, 1] inside the jitted step.
 """
@@ -155,6 +161,58 @@ class CheckedTFRecordIterDataset(grain.experimental.TFRecordIterDataset):
 
 
 @dataclasses.dataclass(frozen=True)
+class JointSource:
+    """A further dataset whose identities join the primary one's in a single classifier.
+
+    For "+target" pretraining (SPEC section 1): e.g. a NIR-VIS training fold next to the
+    VIS source set. Its classes get their own id range (see `ClassRange`), never merged with
+    another dataset's even where the raw label numbers coincide.
+    """
+
+    data_dir: str
+    fold: int | None = None  # Training keys of this protocol fold (1-based).
+    keys: tuple[str, ...] | None = None  # Or: exactly these sample keys.
+    modalities: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.data_dir, (str, os.PathLike)) or not str(self.data_dir):
+            raise ValueError(f"joint source needs a data_dir, got {self.data_dir!r}")
+        if self.keys is not None and self.fold is not None:
+            raise ValueError(f"joint source {self.data_dir}: give either keys or fold, not both")
+        if self.modalities is not None:
+            bad = set(self.modalities) - set(tfrecord.MODALITIES)
+            if bad:
+                raise ValueError(
+                    f"joint source {self.data_dir}: unknown modalities {sorted(bad)}; "
+                    f"known: {tfrecord.MODALITIES}"
+                )
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "JointSource":
+        """From a dict or ConfigDict; unknown keys are an error (typos)."""
+        if isinstance(d, cls):
+            return d
+        if hasattr(d, "to_dict"):
+            d = d.to_dict()
+        if not isinstance(d, dict):
+            raise ValueError(f"a joint source must be a dict with data_dir etc., got {d!r}")
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"unknown joint source option(s) {sorted(unknown)} in {d}; known: {sorted(known)}"
+            )
+        if "data_dir" not in d:
+            raise ValueError(f"joint source {d} has no data_dir")
+        d["data_dir"] = str(d["data_dir"])
+        for k in ("keys", "modalities"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
 class InputConfig:
     """Everything that decides the stream of training batches."""
 
@@ -179,6 +237,8 @@ class InputConfig:
     worker_count: int = 0  # grain worker processes (0: in-process).
     shuffle_window: int = 4096  # Streaming mode only.
     cycle_length: int = 4  # Streaming mode only: shards read at once.
+    # Further datasets in the same classifier, after the primary one (``data_dir``).
+    joint: tuple[JointSource, ...] = ()
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -194,6 +254,25 @@ class InputConfig:
                 f"sampler {self.sampler!r} needs mode='random_access' (it needs the "
                 "index of identities); streaming supports only 'plain'"
             )
+        if self.joint:
+            if self.mode != "random_access":
+                raise ValueError(
+                    f"joint sources need mode='random_access', got mode={self.mode!r} "
+                    f"with joint={[j.data_dir for j in self.joint]}"
+                )
+            bad = [j for j in self.joint if not isinstance(j, JointSource)]
+            if bad:
+                raise ValueError(f"input.joint entries must be JointSource, got {bad[0]!r}")
+            # One range per dataset, so that a dataset's class ids are unambiguous.
+            seen: dict[str, str] = {}
+            for d in (self.data_dir, *(j.data_dir for j in self.joint)):
+                real = os.path.realpath(d)
+                if real in seen:
+                    raise ValueError(
+                        f"dataset {d} appears twice in input.data_dir/input.joint "
+                        f"(also as {seen[real]}); each dataset may be used once"
+                    )
+                seen[real] = str(d)
 
     @classmethod
     def from_dict(cls, d: Any) -> "InputConfig":
@@ -207,6 +286,13 @@ class InputConfig:
         for k in ("keys", "modalities", "image_size"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
+        joint = d.get("joint")
+        if joint is None:
+            d.pop("joint", None)
+        else:
+            if isinstance(joint, (str, dict)) or hasattr(joint, "to_dict"):
+                raise ValueError(f"input.joint must be a list of dicts, got {joint!r}")
+            d["joint"] = tuple(JointSource.from_dict(j) for j in joint)
         return cls(**d)
 
 
@@ -391,18 +477,124 @@ def remap_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return new.astype(np.int64), classes
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassRange:
+    """The class ids [start, stop) that one dataset occupies in a (joint) classifier.
+
+    Stored in checkpoint metadata (`to_json`) so that SSC fine-tuning can slice the target
+    dataset's rows out of a "+target" pretrained classifier (`class_rows_for`).
+    """
+
+    data_dir: str
+    fold: int | None
+    start: int
+    stop: int
+    labels: np.ndarray  # Raw dataset label of class ids start..stop-1, in order.
+
+    def __post_init__(self):
+        labels = np.array(self.labels, dtype=np.int64).reshape(-1)
+        labels.setflags(write=False)
+        object.__setattr__(self, "labels", labels)
+        if not 0 <= self.start <= self.stop or self.stop - self.start != len(labels):
+            raise ValueError(
+                f"class range of {self.data_dir}: [{self.start}, {self.stop}) does not fit "
+                f"its {len(labels)} labels"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return self.stop - self.start
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClassRange):
+            return NotImplemented
+        return (self.data_dir, self.fold, self.start, self.stop) == (
+            other.data_dir,
+            other.fold,
+            other.start,
+            other.stop,
+        ) and np.array_equal(self.labels, other.labels)
+
+    def __hash__(self) -> int:
+        return hash((self.data_dir, self.fold, self.start, self.stop, self.labels.tobytes()))
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict (JSON-serialisable) for checkpoint metadata."""
+        return {
+            "data_dir": str(self.data_dir),
+            "fold": None if self.fold is None else int(self.fold),
+            "start": int(self.start),
+            "stop": int(self.stop),
+            "labels": [int(x) for x in self.labels],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ClassRange":
+        """Inverse of `to_json`; missing or unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(d) != known:
+            raise ValueError(
+                f"class range {d!r}: missing keys {sorted(known - set(d))}, "
+                f"unknown keys {sorted(set(d) - known)}"
+            )
+        fold = d["fold"]
+        return cls(
+            str(d["data_dir"]),
+            None if fold is None else int(fold),
+            int(d["start"]),
+            int(d["stop"]),
+            np.asarray(d["labels"], np.int64),
+        )
+
+
+def class_rows_for(
+    ranges: Sequence[ClassRange],
+    data_dir: str | os.PathLike,
+    raw_labels: Sequence[int] | np.ndarray,
+) -> np.ndarray:
+    """Class id, in the joint classifier described by ``ranges``, of each raw label of dataset
+    ``data_dir`` (paths compared after ``os.path.realpath``); e.g. the SSC target rows."""
+    real = os.path.realpath(data_dir)
+    matches = [r for r in ranges if os.path.realpath(r.data_dir) == real]
+    if not matches:
+        raise ValueError(
+            f"dataset {data_dir} has no class range; the classifier holds "
+            f"{[r.data_dir for r in ranges]}"
+        )
+    if len(matches) > 1:
+        raise ValueError(
+            f"dataset {data_dir} has {len(matches)} class ranges "
+            f"{[(r.start, r.stop) for r in matches]}; cannot tell which one is meant"
+        )
+    (rng,) = matches
+    pos = {int(lab): rng.start + i for i, lab in enumerate(rng.labels)}
+    raw = np.asarray(raw_labels, np.int64).reshape(-1)
+    missing = sorted({int(x) for x in raw if int(x) not in pos})
+    if missing:
+        raise ValueError(
+            f"{len(missing)} label(s) of dataset {data_dir} have no class in the classifier "
+            f"(range [{rng.start}, {rng.stop}), fold {rng.fold}), e.g. {missing[:10]}"
+        )
+    return np.asarray([pos[int(x)] for x in raw], np.int64)
+
+
 @dataclasses.dataclass
 class TrainInput:
     """A resumable iterator of global batches plus what the trainer needs to know."""
 
     iterator: grain.DatasetIterator  # Save/restore with grain.checkpoint.CheckpointSave/Restore.
     num_classes: int
-    class_labels: np.ndarray  # Dataset label of each class id (for MEC/SSC and reports).
+    # Dataset label of each class id (for MEC/SSC and reports). With joint sources this is the
+    # concatenation of the ranges' labels: raw labels of different datasets, only unambiguous
+    # together with ``class_ranges``.
+    class_labels: np.ndarray
     num_records: int
     steps_per_epoch: int
     local_batch_size: int
     mesh: Mesh | None = None
     data_axis: str = "data"
+    # Class-id range of each dataset, primary first (one entry without joint sources).
+    class_ranges: tuple[ClassRange, ...] = ()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
@@ -418,7 +610,9 @@ class TrainInput:
         self.iterator.set_state(state)
 
 
-def select_records(dataset: Dataset, cfg: InputConfig) -> tuple[RecordTable, np.ndarray]:
+def select_records(
+    dataset: Dataset, cfg: InputConfig | JointSource
+) -> tuple[RecordTable, np.ndarray]:
     """The records (and their rows in the dataset) that ``cfg`` trains on: its keys or fold
     training lists, restricted to its modalities."""
     records = dataset.records
@@ -449,6 +643,47 @@ def select_records(dataset: Dataset, cfg: InputConfig) -> tuple[RecordTable, np.
     return records.subset(rows), rows
 
 
+def _concat_records(tables: Sequence[RecordTable]) -> RecordTable:
+    """One table over several datasets' records; shard indices are shifted onto the joined
+    shard path list, so rows of each dataset keep reading their own files."""
+    shard_offsets = np.cumsum([0] + [len(t.shard_paths) for t in tables[:-1]])
+    return RecordTable(
+        shard_paths=[p for t in tables for p in t.shard_paths],
+        shard=np.concatenate([t.shard + off for t, off in zip(tables, shard_offsets)]).astype(
+            np.int32
+        ),
+        offset=np.concatenate([t.offset for t in tables]),
+        label=np.concatenate([t.label for t in tables]),
+        modality=np.concatenate([t.modality for t in tables]),
+        key=np.concatenate([t.key for t in tables]),
+        record=np.concatenate([t.record for t in tables]),
+    )
+
+
+def select_train_records(
+    cfg: InputConfig,
+) -> tuple[RecordTable, np.ndarray, tuple[ClassRange, ...]]:
+    """The training records of the primary dataset and every joint source, concatenated in that
+    order, with their class ids in one contiguous space and each dataset's `ClassRange`.
+
+    Each dataset's labels are remapped on their own (`remap_labels`) and shifted past the
+    previous datasets' classes, so equal raw labels of different datasets stay distinct.
+    """
+    sources: list[InputConfig | JointSource] = [cfg, *cfg.joint]
+    tables, class_ids, ranges = [], [], []
+    start = 0
+    for src in sources:
+        records, _ = select_records(Dataset.open(src.data_dir), src)
+        labels, raw = remap_labels(records.label)
+        tables.append(records)
+        class_ids.append(labels + start)
+        ranges.append(ClassRange(str(src.data_dir), src.fold, start, start + len(raw), raw))
+        start += len(raw)
+    if len(tables) == 1:
+        return tables[0], class_ids[0], tuple(ranges)
+    return _concat_records(tables), np.concatenate(class_ids), tuple(ranges)
+
+
 def make_train_input(
     cfg: InputConfig,
     *,
@@ -465,13 +700,13 @@ def make_train_input(
             f"global batch {cfg.batch_size} is not divisible by {process_count} processes"
         )
     local_batch = cfg.batch_size // process_count
-    dataset = Dataset.open(cfg.data_dir)
     if cfg.mode == "streaming":
+        dataset = Dataset.open(cfg.data_dir)
         return _make_streaming(
             dataset, cfg, local_batch, mesh, data_axis, process_index, process_count
         )
-    records, _ = select_records(dataset, cfg)
-    labels, class_labels = remap_labels(records.label)
+    records, labels, class_ranges = select_train_records(cfg)
+    class_labels = np.concatenate([r.labels for r in class_ranges])
     source = RecordSource(records)
     if cfg.sampler == "plain":
         order = _plain_order(len(records), cfg.seed, cfg.shuffle, cfg.num_epochs)
@@ -510,6 +745,7 @@ def make_train_input(
         local_batch,
         mesh,
         data_axis,
+        class_ranges,
     )
 
 
@@ -585,8 +821,18 @@ def _make_streaming(
     ds = ds.random_map(_ParseStreamed(cfg, label_map), seed=cfg.seed + process_index)
     ds = ds.batch(local_batch, drop_remainder=True)
     steps = len(records) // cfg.batch_size
+    # Streaming reads whole shards: no fold restriction was applied, hence fold=None.
+    ranges = (ClassRange(str(cfg.data_dir), None, 0, len(class_labels), class_labels),)
     return TrainInput(
-        iter(ds), len(class_labels), class_labels, len(records), steps, local_batch, mesh, data_axis
+        iter(ds),
+        len(class_labels),
+        class_labels,
+        len(records),
+        steps,
+        local_batch,
+        mesh,
+        data_axis,
+        ranges,
     )
 
 

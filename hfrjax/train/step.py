@@ -16,7 +16,13 @@ import optax
 from jax.sharding import Mesh
 
 from hfrjax.data.augment import normalize_images
-from hfrjax.losses import MarginConfig, cosine_logits, l2_normalize, margin_softmax_loss_from_cosine
+from hfrjax.losses import (
+    MarginConfig,
+    cosine_logits,
+    l2_normalize,
+    l2_sp_regularizer,
+    margin_softmax_loss_from_cosine,
+)
 from hfrjax.train.mesh import batch_sharding, replicated
 from hfrjax.train.state import TrainState
 
@@ -47,24 +53,64 @@ def apply_backbone(
     return backbone.apply(variables, x, train=False), batch_stats
 
 
+def _margin_loss(emb, weight, labels, margin: MarginConfig, frozen: bool):
+    if frozen:  # Saves the classifier's gradient computation; the optimizer masks too.
+        weight = jax.lax.stop_gradient(weight)
+    cos = cosine_logits(emb, weight)
+    loss = margin_softmax_loss_from_cosine(cos, labels, **margin.as_kwargs())
+    return loss, jnp.mean(jnp.argmax(cos, -1) == labels)
+
+
 def classification_loss(
-    backbone: nn.Module, margin: MarginConfig, *, freeze_head: bool = False
+    backbone: nn.Module,
+    margin: MarginConfig,
+    *,
+    freeze_head: bool = False,
+    source_weight: float = 0.0,
+    source_margin: MarginConfig | None = None,
+    freeze_source_head: bool = True,
+    anchor_weight: float = 0.0,
 ) -> LossFn:
-    """Combined-margin softmax on the normalised classifier ``params["head"]["weight"]``."""
+    """Combined-margin softmax on the normalised classifier ``params["head"]["weight"]``.
+
+    Optional terms (the Rethinking paper's fine-tuning regularisers, usable by any recipe):
+
+    * ``source_weight`` = λ > 0: L += λ · L_cls(source), on ``batch["source"]`` (a batch of the
+      source dataset, its own size) against ``params["source_head"]["weight"]`` (the pretrained
+      source classifier, frozen unless ``freeze_source_head=False``), with ``source_margin``
+      (default: ``margin``). The source images pass through the backbone separately, so each
+      batch normalises with its own statistics (the running statistics see both).
+    * ``anchor_weight`` = μ > 0 ("RCT"): L += μ · ||θ − θ₀||² over the backbone parameters, θ₀ =
+      ``params["anchor"]`` (the pretrained backbone, a frozen copy kept in the state).
+    """
+    source_margin = margin if source_margin is None else source_margin
 
     def loss_fn(params, batch_stats, batch, rng):
         emb, new_bs = apply_backbone(
             backbone, params["backbone"], batch_stats, batch["image"], True, rng
         )
-        weight = params["head"]["weight"]
-        if freeze_head:  # Saves the classifier's gradient computation; the optimizer masks too.
-            weight = jax.lax.stop_gradient(weight)
-        cos = cosine_logits(emb, weight)
-        loss, logits = margin_softmax_loss_from_cosine(
-            cos, batch["label"], return_logits=True, **margin.as_kwargs()
-        )
-        acc = jnp.mean(jnp.argmax(cos, -1) == batch["label"])
-        return loss, ({"loss/cls": loss, "train_accuracy": acc}, new_bs)
+        loss, acc = _margin_loss(emb, params["head"]["weight"], batch["label"], margin, freeze_head)
+        metrics = {"loss/cls": loss, "train_accuracy": acc}
+        if source_weight:
+            src = batch["source"]
+            src_emb, new_bs = apply_backbone(
+                backbone, params["backbone"], new_bs, src["image"], True, jax.random.fold_in(rng, 1)
+            )
+            src_loss, src_acc = _margin_loss(
+                src_emb,
+                params["source_head"]["weight"],
+                src["label"],
+                source_margin,
+                freeze_source_head,
+            )
+            loss = loss + source_weight * src_loss
+            metrics.update({"loss/source": src_loss, "source_accuracy": src_acc})
+        if anchor_weight:
+            anchor = jax.lax.stop_gradient(params["anchor"])
+            penalty = l2_sp_regularizer(params["backbone"], anchor)
+            loss = loss + anchor_weight * penalty
+            metrics["loss/anchor_l2"] = penalty
+        return loss, (metrics, new_bs)
 
     return loss_fn
 
@@ -106,11 +152,17 @@ def make_train_step(
     )
 
 
-def make_embed_step(backbone: nn.Module, mesh: Mesh) -> Callable:
-    """``embed(params, batch_stats, images) -> L2-normalised embeddings`` (eval-mode BN)."""
+def make_embed_step(backbone: nn.Module, mesh: Mesh, *, train: bool = False) -> Callable:
+    """``embed(params, batch_stats, images) -> L2-normalised embeddings``.
+
+    ``train=False``: eval-mode BN (running statistics). ``train=True``: BN normalises with the
+    batch's own statistics (the updated running statistics are discarded, dropout stays off
+    via a fixed key): how the Rethinking paper's official code computes MEC class means.
+    """
 
     def embed(params, batch_stats, images):
-        emb, _ = apply_backbone(backbone, params, batch_stats, images, train=False)
+        rng = jax.random.key(0) if train else None
+        emb, _ = apply_backbone(backbone, params, batch_stats, images, train=train, rng=rng)
         return l2_normalize(emb)
 
     return jax.jit(

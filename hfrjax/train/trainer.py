@@ -10,8 +10,14 @@ Config fields (ml_collections; see configs/ for complete examples):
   input      InputConfig fields (hfrjax/data/pipeline.py), e.g. data_dir, batch_size, fold,
   model      {name, kwargs} for hfrjax.models.get_model,
   margin     {s, m1, m2, m3} or {preset: "arcface" | "cosface" | ...},
-  head       {init: "random" | "class_means", freeze: bool, class_means_flip: bool},
-  init_from  "" | exported embedder dir | training workdir (backbone weights to start from),
+  head       {init: "random" | "class_means" (MEC) | "pretrained_rows" (SSC: this input's
+             identities' rows of init_from's classifier), freeze: bool, class_means_flip: bool,
+             class_means_bn: "eval" | "train", class_means_batch: int},
+  init_from  "" | exported embedder dir | training workdir (backbone weights to start from;
+             a workdir also provides classifier rows for SSC and source regularisation),
+  source_reg {weight: λ (0: off), input: InputConfig fields of the source set, freeze_head,
+             margin}: L += λ · L_cls(source) with init_from's source classifier rows,
+  rct        {weight: μ (0: off)}: L += μ · ||θ − θ_init_from||² on the backbone,
   optimizer  {name: sgd | adamw, momentum, weight_decay, decay_bn_and_bias, clip_norm},
   schedule   {name: piecewise | cosine | poly | constant, lr, warmup_epochs, ...},
   eval       {data_dir, folds, every_epochs, batch_size, best_metric, fars},
@@ -66,9 +72,13 @@ def margin_from_config(cfg: Any) -> MarginConfig:
 # Embedding with a (possibly multi-device) mesh.
 
 
-def make_embed_fn(backbone, params, batch_stats, mesh) -> Callable[[np.ndarray], np.ndarray]:
-    """Host images (the same full batch on every process) -> embeddings, using all devices."""
-    embed = step_lib.make_embed_step(backbone, mesh)
+def make_embed_fn(
+    backbone, params, batch_stats, mesh, *, train: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Host images (the same full batch on every process) -> embeddings, using all devices.
+
+    ``train=True`` normalises with batch statistics (see `step.make_embed_step`)."""
+    embed = step_lib.make_embed_step(backbone, mesh, train=train)
     sharding = mesh_lib.batch_sharding(mesh)
     n_data = mesh.shape[mesh_lib.DATA_AXIS]
 
@@ -141,6 +151,65 @@ def _check_same_shapes(want: Any, have: Any, what: str) -> None:
         )
 
 
+def load_pretrained_head(path: str) -> tuple[np.ndarray, list[pipeline.ClassRange]]:
+    """Classifier rows [C, D] and their per-dataset class ranges from a training workdir."""
+    p = Path(path)
+    if not (p / "checkpoints").exists():
+        raise FileNotFoundError(
+            f"init_from={path!r} has no checkpoints/: classifier rows (SSC, source "
+            "regularisation) need a training workdir, not an exported embedder"
+        )
+    ck = ckpt_lib.Checkpointer(p / "checkpoints", async_save=False)
+    step, raw, meta = ck.restore_untyped()
+    ck.close()
+    ranges = meta.get("class_ranges")
+    if not ranges:
+        raise ValueError(f"checkpoint {p} step {step} records no class_ranges in its metadata")
+    return np.asarray(raw["params"]["head"]["weight"]), [
+        pipeline.ClassRange.from_json(r) for r in ranges
+    ]
+
+
+def rows_for_input(path: str, inp_cfg: pipeline.InputConfig, train_input) -> np.ndarray:
+    """SSC: the rows of ``path``'s classifier for each class of ``train_input``, in order."""
+    weight, ranges = load_pretrained_head(path)
+    return weight[pipeline.class_rows_for(ranges, inp_cfg.data_dir, train_input.class_labels)]
+
+
+class JointBatches:
+    """Target batches with a source batch under ``"source"`` (source regularisation).
+
+    Checkpointed as one grain item: its state holds both iterators' states.
+    """
+
+    def __init__(self, target, source):
+        self.target, self.source = target, source
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = dict(next(self.target))
+        batch["source"] = {k: v for k, v in next(self.source).items() if k in ("image", "label")}
+        return batch
+
+    def get_state(self) -> bytes:
+        return json.dumps(
+            {"target": self.target.get_state(), "source": self.source.get_state()}
+        ).encode()
+
+    def set_state(self, state: bytes) -> None:
+        d = json.loads(state)
+        self.target.set_state(d["target"])
+        self.source.set_state(d["source"])
+
+    def start_prefetch(self) -> None:
+        for it in (self.target, self.source):
+            it = getattr(it, "iterator", it)  # A TrainInput's grain iterator.
+            if hasattr(it, "start_prefetch"):
+                it.start_prefetch()
+
+
 # --------------------------------------------------------------------------------------------
 # The loop.
 
@@ -210,8 +279,25 @@ def train(
     schedule = optim.make_schedule(dict(config.schedule), steps_per_epoch, total_steps)
     head_cfg = dict(config.get("head", {}) or {})
     freeze_head = bool(head_cfg.get("freeze", False))
-    tx = optim.make_optimizer(dict(config.optimizer), schedule, ["head"] if freeze_head else ())
     margin = margin_from_config(config.get("margin", None))
+    src_cfg = dict(config.get("source_reg", {}) or {})
+    source_weight = float(src_cfg.get("weight", 0.0))
+    rct_weight = float((config.get("rct", {}) or {}).get("weight", 0.0))
+    if (source_weight or rct_weight) and not config.get("init_from", ""):
+        raise ValueError("source_reg.weight and rct.weight need init_from (the pretrained run)")
+    source_input = src_inp_cfg = None
+    if source_weight:
+        unknown = set(src_cfg) - {"weight", "input", "freeze_head", "margin"}
+        if unknown:
+            raise ValueError(f"unknown source_reg option(s) {sorted(unknown)}")
+        src_inp_cfg = pipeline.InputConfig.from_dict(src_cfg["input"])
+        source_input = pipeline.make_train_input(src_inp_cfg, mesh=mesh)
+    frozen = ["head"] if freeze_head else []
+    if source_weight and src_cfg.get("freeze_head", True):
+        frozen.append("source_head")
+    if rct_weight:
+        frozen.append("anchor")
+    tx = optim.make_optimizer(dict(config.optimizer), schedule, frozen)
 
     rng = jax.random.key(int(config.get("seed", 0)))
     rng_init, rng_head, rng_train = jax.random.split(rng, 3)
@@ -243,13 +329,32 @@ def train(
                 inp_cfg,
                 train_input,
                 flip=bool(head_cfg.get("class_means_flip", True)),
+                bn_mode=str(head_cfg.get("class_means_bn", "eval")),
+                batch_size=int(head_cfg.get("class_means_batch", 64)),
             )
+        elif head_cfg.get("init", "random") == "pretrained_rows":
+            if not config.get("init_from", ""):
+                raise ValueError("head.init='pretrained_rows' (SSC) needs init_from")
+            rows = rows_for_input(config.init_from, inp_cfg, train_input)
         elif head_cfg.get("init", "random") != "random":
             raise ValueError(
-                f"head.init must be 'random' or 'class_means', got {head_cfg['init']!r}"
+                "head.init must be 'random', 'class_means' or 'pretrained_rows', got "
+                f"{head_cfg['init']!r}"
             )
     head = state_lib.init_head(rng_head, num_classes, emb_dim, rows)
-    state = state_lib.create_state({"backbone": params, "head": head}, batch_stats, tx, rng_train)
+    all_params = {"backbone": params, "head": head}
+    if source_weight:  # On resume the checkpoint supplies the values; only shapes matter here.
+        src_rows = (
+            rows_for_input(config.init_from, src_inp_cfg, source_input)
+            if start is None
+            else np.zeros((source_input.num_classes, emb_dim), np.float32)
+        )
+        all_params["source_head"] = state_lib.init_head(
+            rng_head, source_input.num_classes, emb_dim, src_rows
+        )
+    if rct_weight:
+        all_params["anchor"] = jax.tree.map(jnp.array, params)  # A copy: never donated twice.
+    state = state_lib.create_state(all_params, batch_stats, tx, rng_train)
     state = jax.device_put(state, mesh_lib.replicated(mesh))
     model_kwargs = dict(config.model.get("kwargs", {}) or {})
     model_kwargs.update(overrides)
@@ -259,14 +364,26 @@ def train(
         "data_dir": inp_cfg.data_dir,
         "model": {"name": config.model.name, "kwargs": export_lib._jsonable(model_kwargs)},
     }
+    meta["class_ranges"] = [r.to_json() for r in train_input.class_ranges]
     ev = config.get("eval", None)
     if ev and ev.get("data_dir"):  # Lets launch/evaluate.py --workdir find the protocol.
         meta["eval"] = {"data_dir": ev.data_dir, "folds": list(ev.get("folds", None) or [])}
+    batches = train_input if source_input is None else JointBatches(train_input, source_input)
+    data_item = train_input.iterator if source_input is None else batches
     if start is not None:
-        state, _ = ckpt.restore(start, state, train_input.iterator)
+        state, _ = ckpt.restore(start, state, data_item)
 
+    loss_kw = {}
+    if source_weight:
+        loss_kw.update(
+            source_weight=source_weight,
+            source_margin=margin_from_config(src_cfg["margin"]) if src_cfg.get("margin") else None,
+            freeze_source_head=bool(src_cfg.get("freeze_head", True)),
+        )
+    if rct_weight:
+        loss_kw["anchor_weight"] = rct_weight
     loss_fn = (loss_fn_factory or step_lib.classification_loss)(
-        backbone, margin, freeze_head=freeze_head
+        backbone, margin, freeze_head=freeze_head, **loss_kw
     )
     train_step = step_lib.make_train_step(loss_fn, tx, mesh, schedule)
     writer = reporting.MetricWriter(workdir_p, tensorboard=bool(config.get("tensorboard", True)))
@@ -300,7 +417,7 @@ def train(
 
     with ckpt_lib.PreemptionGuard() as guard:
         while step < total_steps:
-            batch = next(train_input)
+            batch = next(batches)
             state, metrics = train_step(state, batch)
             step += 1
             if pending is not None:
@@ -314,12 +431,12 @@ def train(
             if eval_every and step % eval_every == 0 and step < total_steps:
                 eval_results = _evaluate(config, backbone, state, mesh, step, writer, workdir_p)
             if guard.should_stop(step):
-                ckpt.save(step, state, train_input.iterator, meta=meta, force=True)
+                ckpt.save(step, state, data_item, meta=meta, force=True)
                 ckpt.wait()
                 logging.warning("pre-empted: saved step %d to %s", step, ckpt.directory)
                 raise SystemExit(143)
             if step % ckpt_every == 0 and step < total_steps:
-                ckpt.save(step, state, train_input.iterator, meta=meta)
+                ckpt.save(step, state, data_item, meta=meta)
     if pending is not None:
         last = check(*pending)
     if tfrecord.CORRUPTION_STATS.total:
@@ -329,25 +446,43 @@ def train(
         metrics = None
         if eval_results and (config.get("eval", {}) or {}).get("best_metric"):
             metrics = dict(eval_results["mean"])
-        ckpt.save(step, state, train_input.iterator, meta=meta, metrics=metrics, force=True)
+        ckpt.save(step, state, data_item, meta=meta, metrics=metrics, force=True)
     ckpt.close()
     writer.close()
     return TrainResult(state, backbone, mesh, train_input.class_labels, last, eval_results, start)
 
 
 def _class_mean_rows(
-    backbone, params, batch_stats, mesh, inp_cfg, train_input, *, flip: bool
+    backbone,
+    params,
+    batch_stats,
+    mesh,
+    inp_cfg,
+    train_input,
+    *,
+    flip: bool,
+    bn_mode: str = "eval",
+    batch_size: int = 64,
 ) -> np.ndarray:
-    """MEC classifier rows: per class, the normalised mean embedding of its training images."""
+    """MEC classifier rows: per class, the normalised mean embedding of its training images.
+
+    One sharded embedding pass over the training records (in dataset order, ``batch_size`` at
+    a time); ``flip`` adds the mirrored image's embedding; ``bn_mode`` "train" normalises each
+    batch with its own statistics (the official code's way), "eval" with the running ones.
+    """
+    if bn_mode not in ("eval", "train"):
+        raise ValueError(f"head.class_means_bn must be 'eval' or 'train', got {bn_mode!r}")
+    if inp_cfg.joint:
+        raise ValueError("head.init='class_means' needs a single-dataset input (no input.joint)")
     dataset = Dataset.open(inp_cfg.data_dir)
     records, _ = pipeline.select_records(dataset, inp_cfg)
     labels, _ = pipeline.remap_labels(records.label)
-    embed_fn = make_embed_fn(backbone, params, batch_stats, mesh)
+    embed_fn = make_embed_fn(backbone, params, batch_stats, mesh, train=bn_mode == "train")
     emb = embed_records(
         embed_fn,
         dataset,
         list(records.key),
-        64,
+        batch_size,
         image_size=inp_cfg.image_size,
         channels=inp_cfg.channels,
         flip=flip,
