@@ -113,13 +113,18 @@ def test_ssc_rows_are_the_target_slice_and_stay_frozen(dirs, pretrained, tmp_pat
     assert int(result.state.step) > 0
 
 
-def test_ssc_needs_a_target_pretraining(dirs, tmp_path):
+def test_ssc_needs_the_identities_in_the_pretrained_classifier(dirs, pretrained, tmp_path):
+    # The classifier holds fold-1 training identities (4..7); fold 2 trains on 0..3.
     source, target = dirs
-    c = rethink.pretrain_config(variant="base", scale="synthetic", source_dir=str(source))
-    c.eval.data_dir = ""
-    trainer.train(_shrink(c, batch=16), str(tmp_path / "base"))
-    with pytest.raises(ValueError, match="target has no class range"):
-        _finetune(dirs, (tmp_path / "base", None), tmp_path / "ft", method="ssc")
+    c = rethink.finetune_config(
+        scale="synthetic",
+        method="ssc",
+        init_from=str(pretrained[0]),
+        target_dir=str(target),
+        fold=2,
+    )
+    with pytest.raises(ValueError, match=r"label\(s\) of dataset .*target have no class"):
+        trainer.train(_shrink(c), str(tmp_path))
 
 
 def test_source_regularisation_keeps_the_source_head_frozen(dirs, pretrained, tmp_path):
@@ -173,8 +178,8 @@ def test_rct_penalty_and_gradient_against_numpy():
     p_plain = {"backbone": params, "head": head}
     p_rct = {"backbone": params, "head": head, "anchor": anchor}
     key = jax.random.key(1)
-    (l0, _), g0 = jax.value_and_grad(plain, has_aux=True)(p_plain, bs, batch, key)
-    (l1, (m1, _)), g1 = jax.value_and_grad(rct, has_aux=True)(p_rct, bs, batch, key)
+    (l0, _), g0 = jax.jit(jax.value_and_grad(plain, has_aux=True))(p_plain, bs, batch, key)
+    (l1, (m1, _)), g1 = jax.jit(jax.value_and_grad(rct, has_aux=True))(p_rct, bs, batch, key)
     diffs = jax.tree.map(
         lambda p, a: np.asarray(p, np.float64) - np.asarray(a, np.float64), params, anchor
     )

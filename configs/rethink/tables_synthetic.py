@@ -8,7 +8,7 @@
 interrupted one; identical pretraining runs are shared between cells. The table is written to
 OUT/tables.md (mean ± std over seeds x folds; here one seed, fold 1).
 
-Cells (backbones: "mobilefacenet" = MobileFaceNet at width 0.5, "ir18" = IResNet-18 layout at
+Cells (backbones: "mobilefacenet" = MobileFaceNet at width 0.25, "ir18" = IResNet-18 layout at
 width 16, "small" = IResNet [1, 1, 1, 1] width 16; all 32x32, 128-d, `recipes.rethink`'s
 SYNTHETIC scale):
   t3-<backbone>-<base|red|target>        Table 3: zero-shot NIR->VIS after VIS pretraining

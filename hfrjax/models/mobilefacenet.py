@@ -17,7 +17,7 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hfrjax.models.layers import BatchNorm, Dtype, PReLU, torch_padding
+from hfrjax.models.layers import BatchNorm, Dtype, GroupedConv, PReLU, torch_padding
 from hfrjax.models.registry import register_model
 
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'), as arcface_torch initialises.
@@ -33,24 +33,38 @@ class ConvBlock(nn.Module):
     padding: int = 0
     groups: int = 1
     linear: bool = False
+    grouped_impl: str = "auto"  # See layers.GroupedConv.
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         kernel = (self.kernel, self.kernel) if isinstance(self.kernel, int) else tuple(self.kernel)
-        x = nn.Conv(
-            self.features,
-            kernel,
-            strides=self.stride,
-            padding=torch_padding(self.padding),
-            feature_group_count=self.groups,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=_kaiming_fan_out,
-            name="conv",
-        )(x)
+        if self.groups > 1:
+            x = GroupedConv(
+                self.features,
+                kernel,
+                self.groups,
+                stride=self.stride,
+                padding=self.padding,
+                impl=self.grouped_impl,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=_kaiming_fan_out,
+                name="conv",
+            )(x)
+        else:
+            x = nn.Conv(
+                self.features,
+                kernel,
+                strides=self.stride,
+                padding=torch_padding(self.padding),
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=_kaiming_fan_out,
+                name="conv",
+            )(x)
         x = BatchNorm(
             use_running_average=not train, dtype=self.dtype, param_dtype=self.param_dtype, name="bn"
         )(x)
@@ -67,12 +81,18 @@ class DepthWise(nn.Module):
     groups: int
     stride: int = 1
     residual: bool = False
+    grouped_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        block = functools.partial(ConvBlock, dtype=self.dtype, param_dtype=self.param_dtype)
+        block = functools.partial(
+            ConvBlock,
+            grouped_impl=self.grouped_impl,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         y = block(self.groups, 1, name="expand")(x, train)
         y = block(self.groups, 3, stride=self.stride, padding=1, groups=self.groups, name="dw")(
             y, train
@@ -98,6 +118,7 @@ class MobileFaceNet(nn.Module):
     embedding_dim: int = 512
     input_size: int = 112
     in_channels: int = 3
+    grouped_impl: str = "auto"  # "conv" | "shifts" | "auto" (shifts on CPU): layers.GroupedConv.
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -111,8 +132,13 @@ class MobileFaceNet(nn.Module):
             raise ValueError(f"input_size must be a multiple of 16, got {self.input_size}")
         w = self._w
         c1, c2 = w(64 * self.scale), w(128 * self.scale)
-        block = functools.partial(ConvBlock, dtype=self.dtype, param_dtype=self.param_dtype)
-        dw = functools.partial(DepthWise, dtype=self.dtype, param_dtype=self.param_dtype)
+        gi = self.grouped_impl
+        block = functools.partial(
+            ConvBlock, grouped_impl=gi, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        dw = functools.partial(
+            DepthWise, grouped_impl=gi, dtype=self.dtype, param_dtype=self.param_dtype
+        )
 
         def residual_stack(x, channels, groups, n, name):
             for i in range(n):
@@ -132,7 +158,9 @@ class MobileFaceNet(nn.Module):
         x = dw(c2, w(512), stride=2, name="down3")(x, train)
         x = residual_stack(x, c2, w(256), self.blocks[3], "stage3")
 
-        head = functools.partial(ConvBlock, dtype=jnp.float32, param_dtype=self.param_dtype)
+        head = functools.partial(
+            ConvBlock, grouped_impl=gi, dtype=jnp.float32, param_dtype=self.param_dtype
+        )
         x = head(w(512), 1, name="conv_sep")(x.astype(jnp.float32), train)
         # GDC: depthwise conv whose kernel spans the whole final map -> 1x1.
         x = head(w(512), x.shape[1:3], groups=w(512), linear=True, name="gdc")(x, train)
@@ -159,6 +187,7 @@ def mobilefacenet(
     embedding_dim: int = 512,
     input_size: int = 112,
     in_channels: int = 3,
+    grouped_impl: str = "auto",
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
 ) -> MobileFaceNet:
@@ -171,6 +200,7 @@ def mobilefacenet(
         embedding_dim=embedding_dim,
         input_size=input_size,
         in_channels=in_channels,
+        grouped_impl=grouped_impl,
         dtype=dtype,
         param_dtype=param_dtype,
     )

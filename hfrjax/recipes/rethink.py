@@ -84,7 +84,7 @@ BACKBONES = {
     "synthetic": {
         "mobilefacenet": {
             "name": "mobilefacenet",
-            "kwargs": {"width_mult": 0.5, "embedding_dim": 128, "input_size": 32},
+            "kwargs": {"width_mult": 0.25, "embedding_dim": 128, "input_size": 32},
         },
         "ir18": {
             "name": "iresnet",
