@@ -49,11 +49,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from hfrjax.fileio import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DONE_JSON = "done.json"
@@ -609,18 +610,6 @@ def format_plan(plan: Plan) -> str:
 # Results.
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_done(run: Run) -> dict | None:
     path = run.workdir / DONE_JSON
     if not path.is_file():
@@ -742,8 +731,8 @@ def format_table(
 def write_results(plan: Plan, failed: Mapping[str, str] | None = None) -> dict:
     """Rewrites results.json and tables.md (atomically) from the done.json files on disk."""
     results = collect_results(plan)
-    _write_atomic(plan.out_dir / RESULTS_JSON, json.dumps(results, indent=1) + "\n")
-    _write_atomic(plan.out_dir / TABLES_MD, format_table(plan, results, failed))
+    write_text_atomic(plan.out_dir / RESULTS_JSON, json.dumps(results, indent=1) + "\n")
+    write_text_atomic(plan.out_dir / TABLES_MD, format_table(plan, results, failed))
     return results
 
 
@@ -821,7 +810,7 @@ def run_sweep(
         from hfrjax.train.trainer import train as train_fn
 
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(plan.out_dir / PLAN_JSON, json.dumps(_plan_json(plan), indent=1) + "\n")
+    write_text_atomic(plan.out_dir / PLAN_JSON, json.dumps(_plan_json(plan), indent=1) + "\n")
     failed: dict[str, str] = {}  # cell -> error
     broken: dict[Run, str] = {}  # run -> why it did not run
     write_results(plan, failed)
@@ -860,7 +849,7 @@ def run_sweep(
         run.workdir.mkdir(parents=True, exist_ok=True)
         stage_info = dict(run.spec, users=[list(u) for u in run.users])
         stage_info["full_config"] = _plain(run.config)
-        _write_atomic(
+        write_text_atomic(
             run.workdir / STAGE_JSON, json.dumps(stage_info, indent=1, default=repr) + "\n"
         )
         t = time.perf_counter()
@@ -895,7 +884,7 @@ def run_sweep(
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "eval": ev,
         }
-        _write_atomic(run.workdir / DONE_JSON, json.dumps(done, indent=1) + "\n")
+        write_text_atomic(run.workdir / DONE_JSON, json.dumps(done, indent=1) + "\n")
         durations.append(wall)
         remaining -= 1
         trained += 1

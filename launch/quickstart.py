@@ -22,7 +22,6 @@ done. Expected result and wall time: README, "Quickstart".
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -69,9 +68,9 @@ def _apply_overrides(config, items: list[str]):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from hfrjax.fileio import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def main(argv):

@@ -71,17 +71,8 @@ Paper numbers to expect, LAMP-HQ † (fold 1), TAR@FAR=10^-4 in %:
     cannot be told from the text. (No fine-tune: 88.68 on LAMP-HQ, Table 3's MFN "+red" value.)
 """
 
-import importlib.util
-import pathlib
-
-
-def _shared():
-    path = pathlib.Path(__file__).with_name("_real.py")
-    spec = importlib.util.spec_from_file_location("_hfrjax_rethink_real", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from hfrjax.recipes import rethink_real
 
 
 def get_config(arg: str | None = None):
-    return _shared().finetune("lamp_hq", arg, "configs/rethink/lamp_hq.py")
+    return rethink_real.finetune("lamp_hq", arg, "configs/rethink/lamp_hq.py")

@@ -46,17 +46,8 @@ the "no fine-tune" row of Table 7. The paper pretrains on MS1Mv3 (93k identities
 Table 1); this config reads whatever MS1M version was converted to {data_root}/ms1m.
 """
 
-import importlib.util
-import pathlib
-
-
-def _shared():
-    path = pathlib.Path(__file__).with_name("_real.py")
-    spec = importlib.util.spec_from_file_location("_hfrjax_rethink_real", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from hfrjax.recipes import rethink_real
 
 
 def get_config(arg: str | None = None):
-    return _shared().pretrain(arg, "configs/rethink/ms1m.py")
+    return rethink_real.pretrain(arg, "configs/rethink/ms1m.py")

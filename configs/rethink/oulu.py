@@ -74,17 +74,8 @@ Paper numbers to expect, Oulu-CASIA, TAR@FAR=10^-4 in %:
     (no fine-tune: 88.36 on Oulu-CASIA, Table 3's MFN "+red" value).
 """
 
-import importlib.util
-import pathlib
-
-
-def _shared():
-    path = pathlib.Path(__file__).with_name("_real.py")
-    spec = importlib.util.spec_from_file_location("_hfrjax_rethink_real", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from hfrjax.recipes import rethink_real
 
 
 def get_config(arg: str | None = None):
-    return _shared().finetune("oulu", arg, "configs/rethink/oulu.py")
+    return rethink_real.finetune("oulu", arg, "configs/rethink/oulu.py")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from hfrjax.fileio import atomic_output, write_text_atomic
 
 EVAL_JSON = "eval.json"
 PLOTS = ("roc", "cmc", "scores")
@@ -249,17 +250,9 @@ def _title(runs: Mapping[str, Any], what: str) -> str:
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Writes ``fig`` as PNG atomically (tmp file + rename: no half-written images)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    return Path(path)
 
 
 def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
@@ -366,19 +359,6 @@ _PLOT_NAMES = {"roc": "ROC", "cmc": "CMC", "scores": "Genuine vs impostor scores
 # Files.
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_bundle(obj: Any, runs: Runs, out: Path, stem: str, title: str, prefix: str) -> dict:
     """JSON, plots and a Markdown page (title, note, table, images) for ``runs`` in ``out``.
 
@@ -399,7 +379,7 @@ def _write_bundle(obj: Any, runs: Runs, out: Path, stem: str, title: str, prefix
             if any((r.get("curves") or {}).get(kind) for r in runs.values()):
                 figures[kind] = _PLOTTERS[kind](runs)
     paths: dict[str, Path] = {
-        "json": _write_text_atomic(out / f"{stem}.json", json.dumps(obj, indent=1) + "\n")
+        "json": write_text_atomic(out / f"{stem}.json", json.dumps(obj, indent=1) + "\n")
     }
     images = []
     for kind, fig in figures.items():
@@ -408,7 +388,7 @@ def _write_bundle(obj: Any, runs: Runs, out: Path, stem: str, title: str, prefix
     md = f"# {title}\n\n{paper_table(runs)}"
     if images:
         md += "\n" + "\n\n".join(images) + "\n"
-    paths["md"] = _write_text_atomic(out / f"{stem}.md", md)
+    paths["md"] = write_text_atomic(out / f"{stem}.md", md)
     return paths
 
 

@@ -39,6 +39,7 @@ from absl import logging
 
 from hfrjax.data import pipeline, tfrecord
 from hfrjax.data.dataset import Dataset
+from hfrjax.fileio import write_text_atomic
 from hfrjax.losses import MarginConfig, class_mean_rows, get_margin_preset
 from hfrjax.train import checkpoint as ckpt_lib
 from hfrjax.train import export as export_lib
@@ -246,9 +247,7 @@ def _evaluate(config, backbone, state, mesh, step: int, writer, workdir: Path) -
     )
     results["step"] = step
     if jax.process_index() == 0:
-        tmp = workdir / "eval.json.tmp"
-        tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(workdir / "eval.json")
+        write_text_atomic(workdir / "eval.json", json.dumps(results, indent=1) + "\n")
     flat = {f"eval/{k}": v for k, v in results["mean"].items()}
     writer.write(step, flat)
     say(

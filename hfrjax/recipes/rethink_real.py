@@ -1,8 +1,6 @@
-"""Shared by the real-data configs of the Rethinking paper (ms1m.py, casia.py, lamp_hq.py, ...).
+"""The Rethinking recipe on real data: what configs/rethink/{ms1m,casia,lamp_hq,oulu,buaa}.py share.
 
-Not a config file itself (no ``get_config``). The config files load it by path (config files
-are themselves loaded by path, so ``configs`` is not importable from launch/*.py) and build
-everything with `hfrjax.recipes.rethink`; this module only adds what real data needs:
+Everything is built with `hfrjax.recipes.rethink`; this module only adds what real data needs:
 
 * where the converted datasets live: ``{data_root}/{DATASETS[name]}``, each a TFRecord dataset
   whose ``protocols/`` directory holds its standard folds;
