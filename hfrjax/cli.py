@@ -2,6 +2,12 @@
 
 hfrjax synth --out DIR [--preset quickstart|small|large] [--seed 0] [--workers N]
 hfrjax info DIR          # what a dataset directory holds
+hfrjax convert rec REC --out DIR --shards N       # InsightFace train.rec/.idx (MS1M, ...)
+hfrjax convert nirvis --dataset casia-nirvis2|lamp-hq|oulu-casia|buaa --root DIR --out DIR
+hfrjax convert folder --root DIR --out DIR [--csv FILE]   # your own images
+hfrjax align --src DIR --landmarks FILE --out DIR [--size 112|128]
+
+Every subcommand takes --help.
 """
 
 from __future__ import annotations
@@ -61,8 +67,31 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("info", help="describe a dataset directory")
     s.add_argument("dir")
     s.set_defaults(fn=_info)
+    convert = sub.add_parser("convert", help="convert a distributed dataset to TFRecords")
+    csub = convert.add_subparsers(dest="format", required=True)
+    for name, module, help_ in _CONVERTERS:
+        _add_module_command(csub, name, module, help_)
+    _add_module_command(sub, "align", "hfrjax.data.align", "5-point alignment to the template")
     args = ap.parse_args(argv)
     return args.fn(args)
+
+
+# (subcommand, module with add_arguments(parser) and run(args) -> int, help)
+_CONVERTERS = (
+    ("rec", "hfrjax.data.convert.recordio", "InsightFace RecordIO (train.rec + train.idx)"),
+    ("nirvis", "hfrjax.data.convert.nirvis", "CASIA NIR-VIS 2.0, LAMP-HQ, Oulu-CASIA, BUAA"),
+    ("folder", "hfrjax.data.convert.folders", "root/<identity>/<modality>/* or a CSV list"),
+)
+
+
+def _add_module_command(sub, name: str, module: str, help_: str) -> None:
+    """A subcommand whose arguments and action live in ``module`` (imported when used)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).splitlines()[0])
+    mod.add_arguments(p)
+    p.set_defaults(fn=mod.run)
 
 
 if __name__ == "__main__":

@@ -256,3 +256,30 @@ def test_sigterm_saves_a_checkpoint(data, tmp_path):
     steps = ckpt_lib.Checkpointer(work / "checkpoints").all_steps()
     assert len(steps) == 1 and steps[0] >= 3
     assert "pre-empted: saved step" in out
+
+
+def test_verification_packs_are_evaluated_during_pretraining(data, tmp_path):
+    """An InsightFace-style .bin pack (pairs of encoded images + is-same flags) in eval."""
+    import pickle
+
+    from conftest import encode_png
+
+    rng = np.random.default_rng(0)
+    images, flags = [], []
+    for i in range(20):
+        a = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        same = i % 2 == 0
+        b = a if same else rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        images += [encode_png(a), encode_png(b)]
+        flags.append(same)
+    pack = tmp_path / "tiny_pairs.bin"
+    pack.write_bytes(pickle.dumps((images, flags), protocol=4))
+    cfg = tiny_config(data, **{"num_epochs": 1})
+    cfg.eval.verification_packs = [str(pack)]
+    trainer.train(cfg, str(tmp_path / "run"))
+    ver = json.loads((tmp_path / "run" / "verification.json").read_text())
+    r = ver["tiny_pairs"]
+    assert r["num_pairs"] == 20 and 0.5 <= r["accuracy"] <= 1.0
+    assert any(
+        "verify/tiny_pairs/accuracy" in row for row in reporting.read_metrics(tmp_path / "run")
+    )

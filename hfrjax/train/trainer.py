@@ -20,7 +20,8 @@ Config fields (ml_collections; see configs/ for complete examples):
   rct        {weight: μ (0: off)}: L += μ · ||θ − θ_init_from||² on the backbone,
   optimizer  {name: sgd | adamw, momentum, weight_decay, decay_bn_and_bias, clip_norm},
   schedule   {name: piecewise | cosine | poly | constant, lr, warmup_epochs, ...},
-  eval       {data_dir, folds, every_epochs, batch_size, best_metric, fars},
+  eval       {data_dir, folds, every_epochs, batch_size, best_metric, fars, flip,
+             verification_packs: [lfw.bin, cfp_fp.bin, ...] (10-fold accuracy, flip-fused)},
   mesh       {data, model}, log_every, checkpoint_every, keep_checkpoints.
 """
 
@@ -227,28 +228,57 @@ class TrainResult:
 
 
 def _evaluate(config, backbone, state, mesh, step: int, writer, workdir: Path) -> dict | None:
+    """The configured evaluations: the target protocol (``eval.data_dir``, written to
+    eval.json) and InsightFace verification packs (``eval.verification_packs``, e.g. lfw.bin,
+    written to verification.json); their numbers go to the metric logs."""
     ev = config.get("eval", None)
-    if not ev or not ev.get("data_dir"):
+    packs = list((ev.get("verification_packs", None) or []) if ev else [])
+    if not ev or not (ev.get("data_dir") or packs):
         return None
-    from hfrjax.eval.protocols import evaluate_protocol
-
     embed_fn = make_embed_fn(backbone, state.params["backbone"], state.batch_stats, mesh)
+    image_size = config.input.get("image_size", None) or (backbone.input_size,) * 2
+    channels = int(config.input.get("channels", 3))
     t = time.perf_counter()
-    folds = ev.get("folds", None)
-    results = evaluate_protocol(
-        embed_fn,
-        ev["data_dir"],
-        folds=list(folds) if folds else None,
-        batch_size=int(ev.get("batch_size", 64)),
-        fars=tuple(ev.get("fars", (1e-3, 1e-2))),
-        image_size=config.input.get("image_size", None),
-        channels=int(config.input.get("channels", 3)),
-        flip_fuse=bool(ev.get("flip", False)),
-    )
-    results["step"] = step
-    if jax.process_index() == 0:
-        write_text_atomic(workdir / "eval.json", json.dumps(results, indent=1) + "\n")
-    flat = {f"eval/{k}": v for k, v in results["mean"].items()}
+    flat, results = {}, None
+    if ev.get("data_dir"):
+        from hfrjax.eval.protocols import evaluate_protocol
+
+        folds = ev.get("folds", None)
+        results = evaluate_protocol(
+            embed_fn,
+            ev["data_dir"],
+            folds=list(folds) if folds else None,
+            batch_size=int(ev.get("batch_size", 64)),
+            fars=tuple(ev.get("fars", (1e-3, 1e-2))),
+            image_size=config.input.get("image_size", None),
+            channels=channels,
+            flip_fuse=bool(ev.get("flip", False)),
+        )
+        results["step"] = step
+        if jax.process_index() == 0:
+            write_text_atomic(workdir / "eval.json", json.dumps(results, indent=1) + "\n")
+        flat.update({f"eval/{k}": v for k, v in results["mean"].items()})
+    if packs:
+        from hfrjax.eval.verification import evaluate_pack
+
+        def rgb_embed(images: np.ndarray) -> np.ndarray:  # Packs are RGB; grey models see Y.
+            if channels == 1:
+                images = np.round(images.astype(np.float32) @ [0.299, 0.587, 0.114])[..., None]
+                images = images.astype(np.uint8)
+            return embed_fn(images)
+
+        verification = {"step": step}
+        for path in packs:
+            name = Path(path).stem
+            r = evaluate_pack(
+                rgb_embed, path, int(ev.get("batch_size", 64)), tuple(image_size), flip=True
+            )
+            verification[name] = r
+            flat[f"verify/{name}/accuracy"] = r["accuracy"]
+        if jax.process_index() == 0:
+            write_text_atomic(
+                workdir / "verification.json", json.dumps(verification, indent=1, default=float)
+            )
     writer.write(step, flat)
     say(
         f"eval at step {step} ({time.perf_counter() - t:.1f} s): "

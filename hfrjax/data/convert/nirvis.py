@@ -1,0 +1,832 @@
+"""The four NIR-VIS benchmarks, as distributed, -> hfrjax datasets with their protocols.
+
+`convert_nirvis` reads one of these layouts (``root`` is the folder the dataset unpacks to):
+
+``casia-nirvis2`` (CASIA NIR-VIS 2.0, View 2)
+    ``root/protocols/{vis_train_k,nir_train_k,vis_gallery_k,nir_probe_k}.txt``, k = 1..10
+    (`CASIA_LISTS`; dev lists ignored), one path per line relative to ``root`` with Windows
+    separators (``s2\\NIR\\10153\\001.bmp``); identity = the folder holding the file. The lists'
+    extensions are unreliable (VIS files are .jpg, NIR .bmp whatever a list says), so a listed
+    file is looked for as listed, then with the other `LIST_EXTENSIONS`, then matching the
+    path case-insensitively (the lists were written on Windows).
+``lamp-hq`` (LAMP-HQ)
+    ``root/Protocols/train/train_{vis,nir}{k}.txt``, ``root/Protocols/test/gallery_vis{k}.txt``,
+    ``probe_nir{k}.txt`` (`LAMP_LISTS`), lines ``relative_path label``; identity = the label
+    (`LAMP_IDENTITY_FROM`; set it to "folder" if a copy's labels are renumbered per list, which
+    shows as identities shared by the train and test lists of a fold in the warnings).
+``oulu-casia`` (Oulu-CASIA NIR-VIS), no official lists
+    ``root/<NI|VL>/<Strong|Weak|Dark>/<subject>/<expression>/<frame>.<jpeg|jpg|png|bmp>``
+    (`OULU_DOMAIN_DIRS`, `OULU_ILLUMINATION_DIRS`, `OULU_EXPRESSION_DIRS`; folder names match
+    case-insensitively), as in the distribution's ``OriginalImg/`` folder. The protocol
+    (`OuluSpec`): of the subjects with at least ``per_expression`` frames of each of the six
+    expressions in both domains under the spec's illuminations (default the normal indoor
+    "Strong" light), ``num_subjects`` (40) are drawn, and ``per_expression`` (8) frames per
+    expression and domain (96 images per subject); per fold 20 subjects train, 20 test; the
+    gallery is every VIS image of the test subjects, the probes every NIR image.
+``buaa`` (BUAA-VisNir), no official lists
+    ``root/<subject>/<n>.<ext>`` with n = 1..18, odd n VIS and even n NIR, pose (n + 1) // 2
+    (`BUAA_VIS_NUMBERS_ODD`), pose 1 the neutral frontal one (`BUAA_NEUTRAL_POSE`); or
+    ``root/<subject>/<VIS|NIR>/<pose>.<ext>`` (`BUAA_MODALITY_DIRS`). The protocol (`BuaaSpec`):
+    per fold 50 train / 100 test subjects; gallery the neutral frontal VIS image of each test
+    subject; probes every NIR image of the test subjects.
+
+Real copies vary (re-packed archives, renamed folders, pre-cropped sets): adapt by editing the
+module constants above (or passing an `OuluSpec` / `BuaaSpec`), or convert the images with
+`hfrjax.data.convert.folders.convert_folder` and a protocol of your own.
+
+The generated Oulu/BUAA protocols are a deterministic function of ``seed`` and the sorted file
+lists (subject selection uses its own random stream, each fold another, so adding folds leaves
+the earlier ones unchanged) and are written out like every protocol (``out/protocols/*.txt``,
+keys = source paths without extension), so they can be audited and reused.
+
+Every dataset holds exactly the images its protocol lists name (CASIA, LAMP-HQ: every image
+in any fold's lists; Oulu: the drawn 40 x 96; BUAA: every image of the drawn subjects). Keys are
+paths relative to ``root`` with '/' separators and without extension; labels are 0..C-1 over
+the identity names in natural sort order; images keep their original bytes (BMP as BMP: see
+`hfrjax.data.convert.folders`). Files named by a list but missing, and undecodable images,
+raise `ConversionError` (count and first few) or, with ``on_bad="skip"``, are counted and
+removed from the protocol with a warning. Per-fold counts are reported next to `EXPECTED`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hfrjax.data.convert.common import (
+    SHOW,
+    ConversionError,
+    ConversionReport,
+    check_on_bad,
+    missing_files_error,
+)
+from hfrjax.data.convert.folders import (
+    SourceImage,
+    check_out_dir,
+    fold_counts,
+    fold_warnings,
+    is_image_file,
+    natural_key,
+    relative_key,
+    write_dataset,
+    write_report,
+)
+from hfrjax.data.protocol import Fold, Protocol
+
+DATASETS = ("casia-nirvis2", "lamp-hq", "oulu-casia", "buaa")
+
+# Protocol list files; roles: train_vis/train_nir (training), gallery (VIS), probe (NIR).
+CASIA_LISTS = {
+    "train_vis": "protocols/vis_train_{k}.txt",
+    "train_nir": "protocols/nir_train_{k}.txt",
+    "gallery": "protocols/vis_gallery_{k}.txt",
+    "probe": "protocols/nir_probe_{k}.txt",
+}
+LAMP_LISTS = {
+    "train_vis": "Protocols/train/train_vis{k}.txt",
+    "train_nir": "Protocols/train/train_nir{k}.txt",
+    "gallery": "Protocols/test/gallery_vis{k}.txt",
+    "probe": "Protocols/test/probe_nir{k}.txt",
+}
+ROLE_MODALITY = {"train_vis": "vis", "train_nir": "nir", "gallery": "vis", "probe": "nir"}
+LIST_EXTENSIONS = (".jpg", ".bmp", ".jpeg", ".png")
+"""Tried, in order, after a listed file's own extension."""
+LAMP_IDENTITY_FROM = "label"
+"""LAMP-HQ identity: "label" (the list's second column) or "folder" (the file's folder)."""
+
+OULU_DOMAIN_DIRS = {"nir": "NI", "vis": "VL"}
+OULU_ILLUMINATION_DIRS = ("Strong", "Weak", "Dark")
+OULU_EXPRESSION_DIRS = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
+
+BUAA_MODALITY_DIRS = {"vis": "VIS", "nir": "NIR"}
+BUAA_VIS_NUMBERS_ODD = True
+"""Numbered layout: files 1, 3, ..., 17 are VIS and 2, 4, ..., 18 NIR (pose (n + 1) // 2)."""
+BUAA_NEUTRAL_POSE = 1
+BUAA_POSES = 9
+
+
+@dataclasses.dataclass(frozen=True)
+class OuluSpec:
+    """How the Oulu-CASIA NIR-VIS protocol is drawn (defaults: the common protocol)."""
+
+    num_subjects: int = 40
+    num_train: int = 20
+    per_expression: int = 8  # Frames per expression and domain.
+    illuminations: tuple[str, ...] = ("Strong",)  # Normal indoor light.
+    num_folds: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BuaaSpec:
+    """How the BUAA-VisNir protocol is drawn (defaults: the common protocol)."""
+
+    num_train: int = 50
+    num_test: int = 100
+    num_folds: int = 1
+
+
+OULU_SPEC = OuluSpec()
+BUAA_SPEC = BuaaSpec()
+APPROX_TOLERANCE = 0.05  # "~N" in EXPECTED: within 5%.
+
+
+def expected_counts(dataset: str, spec: OuluSpec | BuaaSpec | None = None) -> dict[str, Any]:
+    """Counts the SPEC/papers give for a dataset (ints exact, "~N" approximate); for the
+    generated protocols they follow from ``spec``."""
+    if dataset == "casia-nirvis2":
+        return {
+            "identities": "~725",
+            "num_folds": 10,
+            "train_ids": "~357",
+            "test_ids": 358,
+            "gallery": 358,
+            "probes": "~6200",
+        }
+    if dataset == "lamp-hq":
+        return {
+            "identities": 573,
+            "vis_images": 16828,
+            "nir_images": 56788,
+            "num_folds": 10,
+            "train_ids": "~300",
+            "test_ids": "~273",
+        }
+    if dataset == "oulu-casia":
+        s = spec or OULU_SPEC
+        per_subject = len(OULU_EXPRESSION_DIRS) * s.per_expression
+        test = s.num_subjects - s.num_train
+        return {
+            "identities": s.num_subjects,
+            "num_folds": s.num_folds,
+            "train_ids": s.num_train,
+            "train_vis": s.num_train * per_subject,
+            "train_nir": s.num_train * per_subject,
+            "test_ids": test,
+            "gallery": test * per_subject,
+            "probes": test * per_subject,
+        }
+    if dataset == "buaa":
+        s = spec or BUAA_SPEC
+        return {
+            "identities": s.num_train + s.num_test,
+            "num_folds": s.num_folds,
+            "train_ids": s.num_train,
+            "train_vis": s.num_train * BUAA_POSES,
+            "train_nir": s.num_train * BUAA_POSES,
+            "test_ids": s.num_test,
+            "gallery": s.num_test,
+            "probes": s.num_test * BUAA_POSES,
+        }
+    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+
+
+EXPECTED = {d: expected_counts(d) for d in DATASETS}
+"""Expected counts per dataset (per fold: train_ids, train_vis, ..., probes)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def _subdirs(d: Path) -> dict[str, Path]:
+    """Non-hidden subfolders of ``d`` by lower-cased name."""
+    out: dict[str, Path] = {}
+    for p in sorted(d.iterdir(), key=lambda p: natural_key(p.name)):
+        if p.is_dir() and not p.name.startswith("."):
+            out.setdefault(p.name.lower(), p)
+    return out
+
+
+def _files(d: Path) -> list[Path]:
+    return sorted(
+        (p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")),
+        key=lambda p: natural_key(p.name),
+    )
+
+
+def _show(items: list[str]) -> str:
+    more = f" (and {len(items) - SHOW} more)" if len(items) > SHOW else ""
+    return ", ".join(items[:SHOW]) + more
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream])
+
+
+def _protocol(
+    name: str,
+    description: str,
+    train: list[tuple[list[str], list[str]]],
+    keys: Mapping[str, Mapping[str, list[str]]],
+    gallery: Callable[[str], list[str]],
+) -> Protocol:
+    """Folds from (train subjects, test subjects) pairs: train = all their VIS/NIR keys,
+    gallery = ``gallery(subject)`` per test subject, probes = all NIR keys of the test ones."""
+    folds = [
+        Fold(
+            train={m: [x for s in tr for x in keys[s].get(m, [])] for m in ("vis", "nir")},
+            gallery=[x for s in te for x in gallery(s)],
+            probe=[x for s in te for x in keys[s].get("nir", [])],
+        )
+        for tr, te in train
+    ]
+    return Protocol(name, folds, "vis", "nir", description)
+
+
+def _split(subjects: list[str], num_train: int, seed: int, num_folds: int):
+    """Per fold (train, test) subject lists from that fold's own random stream."""
+    out = []
+    for k in range(1, num_folds + 1):
+        perm = _rng(seed, k).permutation(len(subjects))
+        out.append(
+            (
+                sorted((subjects[i] for i in perm[:num_train]), key=natural_key),
+                sorted((subjects[i] for i in perm[num_train:]), key=natural_key),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# List-based datasets: CASIA NIR-VIS 2.0, LAMP-HQ.
+
+
+class _Resolver:
+    """Finds a listed file: as listed, then with another extension, then case-insensitively."""
+
+    def __init__(self, root: Path, extensions: tuple[str, ...]):
+        self.root, self.extensions = root, extensions
+        self._listings: dict[Path, dict[str, str]] = {}
+
+    def _listing(self, d: Path) -> dict[str, str]:
+        if d not in self._listings:
+            try:
+                names = sorted(os.listdir(d))
+            except OSError:
+                names = []
+            listing: dict[str, str] = {}
+            for n in names:
+                listing.setdefault(n.lower(), n)
+            self._listings[d] = listing
+        return self._listings[d]
+
+    def __call__(self, parts: list[str]) -> Path | None:
+        path = self.root.joinpath(*parts)
+        stem = Path(parts[-1]).stem
+        names = [parts[-1], *(stem + e for e in self.extensions)]
+        for n in names:
+            if (path.parent / n).is_file():
+                return path.parent / n
+        d = self.root
+        for p in parts[:-1]:
+            real = self._listing(d).get(p.lower())
+            if real is None:
+                return None
+            d = d / real
+        listing = self._listing(d)
+        for n in names:
+            real = listing.get(n.lower())
+            if real is not None and (d / real).is_file():
+                return d / real
+        return None
+
+
+def _list_files(root: Path, templates: Mapping[str, str]) -> list[dict[str, Path]]:
+    """The list files of folds 1..K (K = the last fold whose lists exist)."""
+    folds = []
+    for k in range(1, 1000):
+        paths = {role: root / t.format(k=k) for role, t in templates.items()}
+        present = {role: p.is_file() for role, p in paths.items()}
+        if not any(present.values()):
+            break
+        absent = [str(paths[r]) for r, ok in present.items() if not ok]
+        if absent:
+            raise ConversionError(
+                f"fold {k}: protocol list(s) {absent} are missing (the fold's other lists exist)"
+            )
+        folds.append(paths)
+    if not folds:
+        first = root / templates["train_vis"].format(k=1)
+        parent = first.parent
+        found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+        raise ConversionError(
+            f"no protocol lists under {root}: expected {first} and its siblings "
+            + (f"({parent} holds {_show(found)})" if parent.is_dir() else f"({parent} is absent)")
+        )
+    later = [
+        k
+        for k in range(len(folds) + 2, 100)
+        if (root / templates["train_vis"].format(k=k)).is_file()
+    ]
+    if later:
+        raise ConversionError(
+            f"the lists of fold {len(folds) + 1} are missing but fold {later[0]}'s exist "
+            f"({root / templates['train_vis'].format(k=later[0])})"
+        )
+    return folds
+
+
+def _read_lists(
+    dataset: str,
+    root: Path,
+    on_bad: str,
+    report: ConversionReport,
+    warnings: list[str],
+) -> tuple[list[SourceImage], Protocol, list[str]]:
+    """Images, protocol and dropped (missing) keys of CASIA NIR-VIS 2.0 or LAMP-HQ."""
+    casia = dataset == "casia-nirvis2"
+    templates = CASIA_LISTS if casia else LAMP_LISTS
+    resolve = _Resolver(root, LIST_EXTENSIONS)
+    images: dict[str, SourceImage] = {}
+    where_of: dict[str, str] = {}
+    missing: dict[str, str] = {}  # Key -> "listed path (list:line)".
+    folds, duplicates = [], 0
+    for k, paths in enumerate(_list_files(root, templates), start=1):
+        lists: dict[str, list[str]] = {}
+        for role, list_path in paths.items():
+            modality = ROLE_MODALITY[role]
+            keys: list[str] = []
+            text = list_path.read_text(encoding="utf-8-sig", errors="replace")
+            for lineno, line in enumerate(text.splitlines(), start=1):
+                where = f"{list_path}:{lineno}"
+                tokens = line.split()
+                if not tokens:
+                    continue
+                if len(tokens) not in ((1, 2) if casia else (2,)):
+                    raise ConversionError(
+                        f"{where}: expected {'a path' if casia else 'relative_path label'}, "
+                        f"got {line.strip()!r}"
+                    )
+                parts = [p for p in tokens[0].replace("\\", "/").split("/") if p not in ("", ".")]
+                if len(parts) < 2 or ".." in parts:
+                    raise ConversionError(
+                        f"{where}: {tokens[0]!r} is not a relative path <folder>/<file>"
+                    )
+                if not casia and LAMP_IDENTITY_FROM == "label":
+                    identity = tokens[1]
+                else:
+                    identity = parts[-2]
+                found = resolve(parts)
+                if found is None:
+                    key = relative_key("/".join(parts))
+                    missing.setdefault(key, f"{'/'.join(parts)} ({where})")
+                else:
+                    rel = found.relative_to(root).as_posix()
+                    key = relative_key(rel)
+                    old = images.get(key)
+                    if old is None:
+                        images[key] = SourceImage(found, rel, key, identity, modality)
+                        where_of[key] = where
+                    elif (old.modality, old.identity) != (modality, identity):
+                        raise ConversionError(
+                            f"{where}: {tokens[0]} is {modality} of identity {identity!r} here "
+                            f"but {old.modality} of identity {old.identity!r} at "
+                            f"{where_of[key]}"
+                        )
+                keys.append(key)
+            deduped = list(dict.fromkeys(keys))
+            duplicates += len(keys) - len(deduped)
+            lists[role] = deduped
+        folds.append(lists)
+    if duplicates:
+        warnings.append(f"{duplicates} repeated line(s) within a list were read once")
+    if missing:
+        if on_bad == "raise":
+            exts = "/".join(LIST_EXTENSIONS)
+            raise missing_files_error(
+                list(missing.values()),
+                f"the {dataset} protocol lists under {root} (also tried {exts} and "
+                "case-insensitive matches; pass on_bad='skip' to skip and count them)",
+            )
+        for shown in missing.values():
+            report.skip("missing file", shown)
+        warnings.append(
+            f"{len(missing)} listed file(s) do not exist and were left out, e.g. "
+            f"{_show(list(missing.values()))}"
+        )
+    protocol = Protocol(
+        "casia-nirvis2-view2" if casia else "lamp-hq",
+        [
+            Fold(
+                train={"vis": f["train_vis"], "nir": f["train_nir"]},
+                gallery=f["gallery"],
+                probe=f["probe"],
+            )
+            for f in folds
+        ],
+        "vis",
+        "nir",
+        f"{len(folds)} folds read from the dataset's own lists ({', '.join(templates.values())})",
+    )
+    return list(images.values()), protocol, list(missing)
+
+
+# --------------------------------------------------------------------------------------------
+# Generated protocols: Oulu-CASIA NIR-VIS, BUAA-VisNir.
+
+
+def _oulu(
+    root: Path, spec: OuluSpec, seed: int, warnings: list[str]
+) -> tuple[list[SourceImage], Protocol]:
+    if not 0 < spec.num_train < spec.num_subjects:
+        raise ValueError(f"OuluSpec needs 0 < num_train < num_subjects, got {spec}")
+    layout = "root/<NI|VL>/<illumination>/<subject>/<expression>/<frame>.<ext>"
+    top = _subdirs(root)
+    expressions = {e.lower(): e for e in OULU_EXPRESSION_DIRS}
+    files: dict[tuple[str, str, str], list[Path]] = {}
+    subjects: set[str] = set()
+    unknown, ignored = [], []
+    for modality, name in OULU_DOMAIN_DIRS.items():
+        domain = top.get(name.lower())
+        if domain is None:
+            inner = [str(d) for d in top.values() if name.lower() in _subdirs(d)]
+            hint = f"; pass {inner[0]} as the root" if inner else ""
+            raise ConversionError(
+                f"Oulu-CASIA: {root} has no {name}/ folder ({modality} images); expected "
+                f"{layout}; {root} holds {_show(sorted(p.name for p in root.iterdir()))}{hint}"
+            )
+        for illum in spec.illuminations:
+            idir = _subdirs(domain).get(illum.lower())
+            if idir is None:
+                raise ConversionError(
+                    f"Oulu-CASIA: {domain} has no {illum}/ folder (illuminations asked for: "
+                    f"{spec.illuminations}; found {sorted(_subdirs(domain))})"
+                )
+            for sdir in _subdirs(idir).values():
+                subjects.add(sdir.name)
+                for edir in _subdirs(sdir).values():
+                    expr = expressions.get(edir.name.lower())
+                    if expr is None:
+                        unknown.append(str(edir))
+                        continue
+                    for f in _files(edir):
+                        if is_image_file(f):
+                            files.setdefault((sdir.name, expr, modality), []).append(f)
+                        else:
+                            ignored.append(str(f))
+    if unknown:
+        warnings.append(
+            f"ignored {len(unknown)} folder(s) that are not one of the expressions "
+            f"{OULU_EXPRESSION_DIRS}, e.g. {_show(unknown)}"
+        )
+    if ignored:
+        warnings.append(f"ignored {len(ignored)} non-image file(s), e.g. {_show(ignored)}")
+    eligible, lacking = [], []
+    for s in sorted(subjects, key=natural_key):
+        short = [
+            f"{OULU_DOMAIN_DIRS[m]}/{e} ({len(files.get((s, e, m), []))})"
+            for m in ("vis", "nir")
+            for e in OULU_EXPRESSION_DIRS
+            if len(files.get((s, e, m), [])) < spec.per_expression
+        ]
+        if short:
+            lacking.append(f"{s}: {', '.join(short[:3])}")
+        else:
+            eligible.append(s)
+    if lacking:
+        warnings.append(
+            f"{len(lacking)} subject(s) have fewer than {spec.per_expression} frames of some "
+            f"expression and cannot be drawn: {_show(lacking)}"
+        )
+    if len(eligible) < spec.num_subjects:
+        raise ConversionError(
+            f"Oulu-CASIA: only {len(eligible)} subject(s) under {root} have at least "
+            f"{spec.per_expression} frames of each expression in both NI and VL (illuminations "
+            f"{spec.illuminations}); the protocol needs {spec.num_subjects}; lacking: "
+            f"{_show(lacking)}"
+        )
+    rng = _rng(seed, 0)
+    chosen = sorted(
+        (eligible[i] for i in rng.choice(len(eligible), spec.num_subjects, replace=False)),
+        key=natural_key,
+    )
+    images, keys = [], {}
+    for s in chosen:
+        keys[s] = {"vis": [], "nir": []}
+        for e in OULU_EXPRESSION_DIRS:
+            for m in ("vis", "nir"):
+                cand = files[(s, e, m)]
+                for i in sorted(rng.choice(len(cand), spec.per_expression, replace=False)):
+                    rel = cand[i].relative_to(root).as_posix()
+                    images.append(SourceImage(cand[i], rel, relative_key(rel), s, m))
+                    keys[s][m].append(images[-1].key)
+    protocol = _protocol(
+        f"oulu-casia-seed{seed}",
+        f"generated from seed {seed}: {spec.num_subjects} subjects drawn from those with "
+        f">= {spec.per_expression} frames per expression and domain under "
+        f"{'/'.join(spec.illuminations)} light, {spec.per_expression} frames per expression "
+        f"and domain; per fold {spec.num_train} train / {spec.num_subjects - spec.num_train} "
+        "test subjects; gallery all VIS images of the test subjects, probes all their NIR",
+        _split(chosen, spec.num_train, seed, spec.num_folds),
+        keys,
+        lambda s: keys[s]["vis"],
+    )
+    return images, protocol
+
+
+def _buaa(
+    root: Path, spec: BuaaSpec, seed: int, warnings: list[str]
+) -> tuple[list[SourceImage], Protocol]:
+    if spec.num_train < 1 or spec.num_test < 1:
+        raise ValueError(f"BuaaSpec needs num_train >= 1 and num_test >= 1, got {spec}")
+    per_subject: dict[str, list[tuple[Path, str, int]]] = {}
+    odd, ignored = [], []
+    for sdir in _subdirs(root).values():
+        sub = _subdirs(sdir)
+        moddirs = {m: sub.get(n.lower()) for m, n in BUAA_MODALITY_DIRS.items()}
+        found: list[tuple[Path, str, int]] = []
+        if any(moddirs.values()):
+            for m, d in moddirs.items():
+                if d is None:
+                    continue
+                for f in _files(d):
+                    if not is_image_file(f):
+                        ignored.append(str(f))
+                    elif not f.stem.isdigit():
+                        odd.append(str(f))
+                    else:
+                        found.append((f, m, int(f.stem)))
+        else:
+            for f in _files(sdir):
+                if not is_image_file(f):
+                    ignored.append(str(f))
+                elif not f.stem.isdigit():
+                    odd.append(str(f))
+                else:
+                    n = int(f.stem)
+                    vis = (n % 2 == 1) == BUAA_VIS_NUMBERS_ODD
+                    found.append((f, "vis" if vis else "nir", (n + 1) // 2))
+        if found:
+            per_subject[sdir.name] = found
+    stray = [str(f) for f in _files(root) if is_image_file(f)]
+    if stray:
+        warnings.append(f"ignored {len(stray)} image(s) outside subject folders: {_show(stray)}")
+    if odd:
+        warnings.append(f"ignored {len(odd)} image(s) whose names are not numbers: {_show(odd)}")
+    if ignored:
+        warnings.append(f"ignored {len(ignored)} non-image file(s), e.g. {_show(ignored)}")
+    eligible, lacking = [], []
+    for s in sorted(per_subject, key=natural_key):
+        has_gallery = any(m == "vis" and p == BUAA_NEUTRAL_POSE for _, m, p in per_subject[s])
+        has_probe = any(m == "nir" for _, m, _ in per_subject[s])
+        if has_gallery and has_probe:
+            eligible.append(s)
+        else:
+            lacking.append(s)
+    if lacking:
+        warnings.append(
+            f"{len(lacking)} subject(s) lack the neutral frontal VIS image (pose "
+            f"{BUAA_NEUTRAL_POSE}) or any NIR image and were left out: {_show(lacking)}"
+        )
+    need = spec.num_train + spec.num_test
+    if len(eligible) < need:
+        raise ConversionError(
+            f"BUAA-VisNir: {len(eligible)} usable subject folder(s) under {root} (each needs "
+            f"the neutral frontal VIS image and NIR images in the layout root/<subject>/<n>.<ext> "
+            f"or root/<subject>/<VIS|NIR>/<pose>.<ext>); the protocol needs {need}"
+        )
+    if len(eligible) > need:
+        warnings.append(f"{len(eligible)} usable subjects; drew {need} of them (seed {seed})")
+    rng = _rng(seed, 0)
+    chosen = sorted(
+        (eligible[i] for i in rng.choice(len(eligible), need, replace=False)), key=natural_key
+    )
+    images, keys, neutral = [], {}, {}
+    for s in chosen:
+        keys[s] = {"vis": [], "nir": []}
+        for f, m, pose in sorted(per_subject[s], key=lambda t: (t[1] != "vis", t[2], t[0].name)):
+            rel = f.relative_to(root).as_posix()
+            images.append(SourceImage(f, rel, relative_key(rel), s, m))
+            keys[s][m].append(images[-1].key)
+            if m == "vis" and pose == BUAA_NEUTRAL_POSE:
+                neutral.setdefault(s, []).append(images[-1].key)
+    protocol = _protocol(
+        f"buaa-seed{seed}",
+        f"generated from seed {seed}: per fold {spec.num_train} train / {spec.num_test} test "
+        f"subjects; gallery the neutral frontal VIS image (pose {BUAA_NEUTRAL_POSE}) of each "
+        "test subject, probes all NIR images of the test subjects",
+        _split(chosen, spec.num_train, seed, spec.num_folds),
+        keys,
+        lambda s: neutral[s],
+    )
+    return images, protocol
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion.
+
+
+def _parse_expected(value: Any) -> tuple[int, bool]:
+    if isinstance(value, str) and value.startswith("~"):
+        return int(value[1:]), True
+    return int(value), False
+
+
+def _matches(got: int, value: Any) -> bool:
+    want, approx = _parse_expected(value)
+    return abs(got - want) <= APPROX_TOLERANCE * want if approx else got == want
+
+
+def _compare(
+    expected: Mapping[str, Any], info_counts: Mapping[str, int], folds: list[dict[str, int]]
+) -> list[str]:
+    """Warnings for every count that differs from ``expected``."""
+    out = []
+    for name, got in info_counts.items():
+        if name in expected and not _matches(got, expected[name]):
+            out.append(f"{name}: {got}, expected {expected[name]}")
+    for k, counts in enumerate(folds, start=1):
+        bad = [
+            f"{name} {got} (expected {expected[name]})"
+            for name, got in counts.items()
+            if name in expected and not _matches(got, expected[name])
+        ]
+        if bad:
+            out.append(f"fold {k}: {', '.join(bad)}")
+    return out
+
+
+TABLE_COLUMNS = ("train_ids", "train_vis", "train_nir", "test_ids", "gallery", "probes")
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """Per-fold counts of a `convert_nirvis` result under the expected ones, as text."""
+    exp = result["expected"]
+    rows = [("fold", *TABLE_COLUMNS), ("expected", *(str(exp.get(c, "-")) for c in TABLE_COLUMNS))]
+    for f in result["folds"]:
+        rows.append((str(f["fold"]), *(str(f["counts"].get(c, "-")) for c in TABLE_COLUMNS)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    mods = ", ".join(f"{m} {n}" for m, n in result["modalities"].items())
+    head = (
+        f"{result['dataset']}: {result['num_images']} images ({mods}), "
+        f"{result['identities']} identities (expected {exp.get('identities', '-')}), "
+        f"{len(result['folds'])} fold(s) (expected {exp.get('num_folds', '-')})"
+    )
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join([head, *lines])
+
+
+def convert_nirvis(
+    dataset: str,
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    num_shards: int = 8,
+    on_bad: str = "raise",
+    seed: int = 0,
+    progress: bool = True,
+    spec: OuluSpec | BuaaSpec | None = None,
+    workers: int = 4,
+) -> dict[str, Any]:
+    """Converts one NIR-VIS benchmark at ``root`` (layouts: module docstring) to an hfrjax
+    dataset with its protocol in ``out_dir``.
+
+    ``seed`` and ``spec`` (`OuluSpec` / `BuaaSpec`, default the common protocol) only matter
+    for the generated protocols (oulu-casia, buaa). Returns a summary (counts per fold next to
+    the expected ones, skipped files, warnings), also written to ``out_dir/conversion.json``;
+    with ``progress`` prints progress lines and the table (`format_table`).
+    """
+    check_on_bad(on_bad)
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    want = {"oulu-casia": OuluSpec, "buaa": BuaaSpec}.get(dataset)
+    if spec is not None and (want is None or not isinstance(spec, want)):
+        raise ValueError(
+            f"spec {spec!r} does not apply to {dataset!r}"
+            + (f" (expected an {want.__name__})" if want else " (its protocol is read, not drawn)")
+        )
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise ConversionError(f"{dataset} root {root} is not a directory")
+    generated = want is not None
+    if spec is not None and spec.num_folds < 1:
+        raise ValueError(f"spec.num_folds must be >= 1, got {spec}")
+    check_out_dir(root, out_dir, scans_root=generated)
+    report, warnings = ConversionReport(), []
+    dropped: list[str] = []
+    if dataset == "oulu-casia":
+        spec = spec or OULU_SPEC
+        images, protocol = _oulu(root, spec, seed, warnings)
+    elif dataset == "buaa":
+        spec = spec or BUAA_SPEC
+        images, protocol = _buaa(root, spec, seed, warnings)
+    else:
+        images, protocol, dropped = _read_lists(dataset, root, on_bad, report, warnings)
+    written = write_dataset(
+        images,
+        out_dir,
+        name=dataset,
+        num_shards=num_shards,
+        on_bad=on_bad,
+        report=report,
+        warnings=warnings,
+        protocol=protocol,
+        dropped=dropped,
+        description=f"{dataset} converted from {root}: {protocol.description}",
+        extra={
+            "source_root": str(root),
+            "seed": seed if generated else None,
+            "spec": dataclasses.asdict(spec) if spec is not None else None,
+        },
+        progress=progress,
+        workers=workers,
+    )
+    info, protocol = written.info, written.protocol
+    counts = fold_counts(protocol, written.identity_of)
+    expected = expected_counts(dataset, spec)
+    warnings += fold_warnings(counts)
+    warnings += _compare(
+        expected,
+        {
+            "identities": info.num_classes,
+            "num_folds": protocol.num_folds,
+            **{f"{m}_images": n for m, n in info.modalities.items()},
+        },
+        counts,
+    )
+    result: dict[str, Any] = {
+        "dataset": dataset,
+        "root": str(root),
+        "out_dir": str(out_dir),
+        "on_bad": on_bad,
+        "seed": seed if generated else None,
+        "spec": dataclasses.asdict(spec) if spec is not None else None,
+        "protocol": protocol.name,
+        "num_images": info.num_images,
+        "identities": info.num_classes,
+        "modalities": info.modalities,
+        "expected": expected,
+        "folds": [{"fold": k, "counts": c} for k, c in enumerate(counts, start=1)],
+        "report": report.to_json(),
+        "warnings": warnings,
+    }
+    write_report(out_dir, result)
+    if progress:
+        print(format_table(result))
+        print(f"{dataset}: {report.summary()}", file=sys.stderr)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (wired by hfrjax.cli as ``hfrjax convert nirvis``).
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``hfrjax convert nirvis``."""
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--root", required=True, help="folder the dataset unpacks to")
+    parser.add_argument("--out", required=True, help="output dataset directory")
+    parser.add_argument("--shards", type=int, default=8, help="number of TFRecord shards")
+    parser.add_argument(
+        "--on_bad",
+        default="raise",
+        choices=["raise", "skip"],
+        help="missing/undecodable images: fail, or skip, count and drop them from the protocol",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="draws the oulu-casia / buaa protocol")
+    parser.add_argument(
+        "--num_folds",
+        type=int,
+        default=None,
+        help="folds of the generated oulu-casia / buaa protocol (default 1)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``hfrjax convert nirvis``; 0 on success, 2 with a message on bad input."""
+    spec = None
+    if args.num_folds is not None:
+        if args.dataset not in ("oulu-casia", "buaa"):
+            print(
+                f"error: --num_folds applies to oulu-casia and buaa only; {args.dataset} "
+                "has its own lists",
+                file=sys.stderr,
+            )
+            return 2
+        base = OULU_SPEC if args.dataset == "oulu-casia" else BUAA_SPEC
+        spec = dataclasses.replace(base, num_folds=args.num_folds)
+    try:
+        convert_nirvis(
+            args.dataset,
+            args.root,
+            args.out,
+            num_shards=args.shards,
+            on_bad=args.on_bad,
+            seed=args.seed,
+            progress=not args.quiet,
+            spec=spec,
+        )
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
