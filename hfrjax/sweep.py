@@ -704,7 +704,7 @@ def format_table(
         "",
         note,
         "",
-        "| Cell | " + " | ".join(names) + " | Seeds × folds |",
+        "| Cell | " + " | ".join(names) + " | Seeds; folds |",
         "|" + "---|" * (len(names) + 2),
     ]
     for cell in plan.table["rows"]:
@@ -716,7 +716,7 @@ def format_table(
         missing = [s for s in plan.seeds if str(s) not in per_seed]
         if per_seed:
             fold_ids = [f.get("fold") for f in folds if isinstance(f.get("fold"), int)]
-            runs = f"{_ints(int(s) for s in per_seed)} × {_ints(fold_ids) or '?'}"
+            runs = f"seed {_ints(int(s) for s in per_seed)}; fold {_ints(fold_ids) or '?'}"
             if missing:
                 runs += f" (seed {_ints(missing)} {'failed' if cell in failed else 'pending'})"
         else:

@@ -487,3 +487,25 @@ def test_mobilefacenet_impls_share_parameters_and_outputs():
     np.testing.assert_allclose(
         a.apply(va, x, train=False), b.apply(va, x, train=False), rtol=1e-4, atol=1e-4
     )
+
+
+def test_iresnet_remat_keeps_parameters_outputs_and_gradients():
+    kw = dict(layers=[1, 1, 1, 1], base_width=4, input_size=16, embedding_dim=8)
+    plain, remat = get_model("iresnet", **kw), get_model("iresnet", remat=True, **kw)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
+    v = plain.init(jax.random.key(0), x, train=False)
+    assert jax.tree.structure(v) == jax.tree.structure(remat.init(jax.random.key(0), x))
+
+    def loss(model, params):
+        out, _ = model.apply(
+            {"params": params, "batch_stats": v["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return jnp.sum(out**2)
+
+    g1 = jax.jit(jax.grad(lambda p: loss(plain, p)))(v["params"])
+    g2 = jax.jit(jax.grad(lambda p: loss(remat, p)))(v["params"])
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -209,7 +209,9 @@ def test_interrupted_stage_resumes_and_the_rest_finishes(toy):
     interrupted = first.calls[2][0]
     assert (interrupted / "ckpt").exists() and not (interrupted / sweep.DONE_JSON).exists()
     partial = (toy.out / sweep.TABLES_MD).read_text()
-    assert "| preA-ftX | 1.15 ± 0.05 | 51.00 ± 0.00 | 0 × 1, 2 (seed 1 pending) |" in partial
+    assert (
+        "| preA-ftX | 1.15 ± 0.05 | 51.00 ± 0.00 | seed 0; fold 1, 2 (seed 1 pending) |" in partial
+    )
     assert "| preB-ftY | – | – | pending |" in partial
     assert json.loads((toy.out / sweep.RESULTS_JSON).read_text())["preB-ftX"] == {}
 
@@ -236,8 +238,8 @@ def test_table_mean_std_over_seeds_and_folds(toy):
         lr = 0.01 if cell.endswith("ftX") else 0.03
         tar = [lr * (1 + s) + 0.001 * k for s in (0, 1) for k in (1, 2)]  # By hand.
         want = f"{100 * np.mean(tar):.2f} ± {100 * np.std(tar):.2f}"
-        assert row == f"| {cell} | {want} | {100 * (0.5 + lr):.2f} ± 0.00 | 0, 1 × 1, 2 |"
-    assert "| preA-ftY | 4.65 ± 1.50 | 53.00 ± 0.00 | 0, 1 × 1, 2 |" in text
+        assert row == f"| {cell} | {want} | {100 * (0.5 + lr):.2f} ± 0.00 | seed 0, 1; fold 1, 2 |"
+    assert "| preA-ftY | 4.65 ± 1.50 | 53.00 ± 0.00 | seed 0, 1; fold 1, 2 |" in text
     assert text.startswith("# toy") and "seeds 0, 1" in text
 
 

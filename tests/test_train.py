@@ -208,6 +208,40 @@ _SHARDED = textwrap.dedent("""
     np.testing.assert_allclose(got[0], ref[0], rtol=2e-5)
     for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(ref[1])):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Class-sharded classifier (10 classes padded to 12 rows over model=4): same training.
+  mesh = M.make_mesh(2, 4)
+  padded = dict(params, head={"weight": np.concatenate(
+      [params["head"]["weight"], np.ones((2, 16), np.float32)])})
+  sh_loss = St.classification_loss(bb, MarginConfig(m2=0.5),
+                                   sharded_head=St.ShardedHead(mesh, 10))
+  st = S.create_state(padded, bs, tx, jax.random.key(2))
+  shard = M.state_sharding(st, mesh, shard_head=True)
+  assert shard.params["head"]["weight"].spec == jax.sharding.PartitionSpec("model", None)
+  st = jax.device_put(st, shard)
+  step = St.make_train_step(sh_loss, tx, mesh, state_sharding=shard)
+  losses = []
+  for i, b in enumerate(batches):
+    st, m = step(st, {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()})
+    losses.append(float(m["loss"]))
+    if i == 0:
+      w = np.asarray(st.params["head"]["weight"])
+      np.testing.assert_allclose(w[:10], ref[1][0]["head"]["weight"], rtol=1e-4, atol=1e-5)
+      assert (w[10:] == 1).all()  # Padding rows: no gradient (plain SGD, no weight decay).
+  np.testing.assert_allclose(losses, ref[0], rtol=2e-5)
+  assert st.params["head"]["weight"].sharding.spec == jax.sharding.PartitionSpec("model", None)
+  # Partial FC: rows outside each step's sample keep their value and momentum.
+  pfc = St.classification_loss(bb, MarginConfig(m2=0.5),
+                               sharded_head=St.ShardedHead(mesh, 10, sample_rate=0.5))
+  st = jax.device_put(S.create_state(padded, bs, tx, jax.random.key(2)), shard)
+  step = St.make_train_step(pfc, tx, mesh, state_sharding=shard)
+  b = {"image": batches[0]["image"][:8], "label": np.array([0, 1, 0, 1, 0, 1, 0, 1], np.int32)}
+  w0 = np.asarray(st.params["head"]["weight"])
+  st, m = step(st, {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()})
+  w1, mom = np.asarray(st.params["head"]["weight"]), np.asarray(st.opt_state[0].trace["head"]["weight"])
+  moved = (w1 != w0).any(1)
+  assert np.isfinite(float(m["loss"])) and moved[:2].all(), moved
+  assert moved.sum() <= 4 * 2, moved  # At most 2 sampled rows in each of the 4 shards.
+  np.testing.assert_array_equal(mom[~moved], 0)
   print("OK", ref[0])
 """)
 

@@ -90,6 +90,7 @@ class IResNet(nn.Module):
     input_size: int = 112
     in_channels: int = 3
     dropout: float = 0.0
+    remat: bool = False  # Recompute each block's activations in the backward pass (memory).
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -116,12 +117,14 @@ class IResNet(nn.Module):
         x = bn(dtype=self.dtype, name="bn1")(x)
         x = PReLU(param_dtype=self.param_dtype, name="prelu")(x)
 
+        # static_argnums counts the module: (self, x, train) -> train is 2.
+        block_cls = nn.remat(IBasicBlock, static_argnums=(2,)) if self.remat else IBasicBlock
         inplanes = self.base_width
         for stage, num_blocks in enumerate(self.layers, start=1):
             planes = self.base_width * 2 ** (stage - 1)
             for i in range(num_blocks):
                 stride = 2 if i == 0 else 1
-                x = IBasicBlock(
+                x = block_cls(
                     planes,
                     stride=stride,
                     downsample=(i == 0) and (stride != 1 or inplanes != planes),
@@ -152,6 +155,7 @@ def iresnet(
     input_size: int = 112,
     in_channels: int = 3,
     dropout: float = 0.0,
+    remat: bool = False,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
 ) -> IResNet:
@@ -176,6 +180,7 @@ def iresnet(
         input_size=input_size,
         in_channels=in_channels,
         dropout=dropout,
+        remat=remat,
         dtype=dtype,
         param_dtype=param_dtype,
     )

@@ -39,3 +39,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def state_sharding(state, mesh: Mesh, *, shard_head: bool, head_path=("head", "weight")):
+    """Shardings for a train state: replicated, except (``shard_head``) the classifier rows at
+    ``head_path`` and every optimizer-state leaf mirroring them (same path suffix and shape),
+    which are split by rows over the ``model`` axis."""
+    head_path = tuple(head_path)
+    rep = replicated(mesh)
+    if not shard_head:
+        return jax.tree.map(lambda _: rep, state)
+    rows = NamedSharding(mesh, PartitionSpec(MODEL_AXIS, None))
+    head = state.params
+    for k in head_path:
+        head = head[k]
+    shape = head.shape
+
+    def pick(path, leaf):
+        names = tuple(getattr(p, "key", getattr(p, "name", getattr(p, "idx", None))) for p in path)
+        if names[-len(head_path) :] == head_path and getattr(leaf, "shape", None) == shape:
+            return rows
+        return rep
+
+    return jax.tree_util.tree_map_with_path(pick, state)

@@ -58,7 +58,7 @@ def make_optimizer(
     cfg: Any, schedule: optax.Schedule, frozen: Sequence[str] = ()
 ) -> optax.GradientTransformation:
     """``cfg``: {name: sgd|adamw, momentum, nesterov, weight_decay, decay_bn_and_bias,
-    clip_norm (0 = off)}. SGD decay is coupled (added to the gradient, as torch.optim.SGD and
+    clip_norm (0 = off), accumulate_steps (k > 1: optax.MultiSteps)}. SGD decay is coupled (added to the gradient, as torch.optim.SGD and
     arcface_torch); AdamW's is decoupled. ``frozen`` path prefixes get exactly zero updates."""
     name = cfg.get("name", "sgd")
     wd = float(cfg.get("weight_decay", 0.0))
@@ -90,4 +90,7 @@ def make_optimizer(
     else:
         raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
     tx = optax.chain(*parts)
-    return freeze(tx, list(frozen)) if frozen else tx
+    tx = freeze(tx, list(frozen)) if frozen else tx
+    k = int(cfg.get("accumulate_steps", 1) or 1)
+    # Gradient accumulation: the mean gradient of k batches, one update every k steps.
+    return optax.MultiSteps(tx, every_k_schedule=k) if k > 1 else tx

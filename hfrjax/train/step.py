@@ -7,6 +7,7 @@ information bottleneck, ...) from the core one below and reuse `make_train_step`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -23,6 +24,7 @@ from hfrjax.losses import (
     l2_sp_regularizer,
     margin_softmax_loss_from_cosine,
 )
+from hfrjax.losses import sharded as sharded_lib
 from hfrjax.train.mesh import batch_sharding, replicated
 from hfrjax.train.state import TrainState
 
@@ -53,12 +55,43 @@ def apply_backbone(
     return backbone.apply(variables, x, train=False), batch_stats
 
 
+ROW_MASK = "_row_mask"  # Aux metric key: Partial FC's sampled classifier rows (not logged).
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedHead:
+    """A classifier whose rows are sharded over the mesh's ``model`` axis.
+
+    ``num_classes`` real classes (the weight may carry padding rows up to a multiple of the
+    model axis, see `losses.sharded.padded_num_classes`); ``sample_rate`` < 1 turns on Partial
+    FC (the step then updates only the sampled rows and their optimizer state).
+    """
+
+    mesh: Mesh
+    num_classes: int
+    sample_rate: float = 1.0
+
+
 def _margin_loss(emb, weight, labels, margin: MarginConfig, frozen: bool):
     if frozen:  # Saves the classifier's gradient computation; the optimizer masks too.
         weight = jax.lax.stop_gradient(weight)
     cos = cosine_logits(emb, weight)
     loss = margin_softmax_loss_from_cosine(cos, labels, **margin.as_kwargs())
     return loss, jnp.mean(jnp.argmax(cos, -1) == labels)
+
+
+def _sharded_margin_loss(emb, weight, labels, margin: MarginConfig, head: ShardedHead, rng):
+    """(loss, accuracy or None, row mask or None) with the class-sharded softmax."""
+    kw = dict(num_classes=head.num_classes, **margin.as_kwargs())
+    if head.sample_rate < 1.0:
+        loss, mask = sharded_lib.partial_fc_loss(
+            emb, weight, labels, head.mesh, sample_rate=head.sample_rate, rng=rng, **kw
+        )
+        return loss, None, mask
+    loss, acc = sharded_lib.sharded_margin_softmax_loss(
+        emb, weight, labels, head.mesh, return_accuracy=True, **kw
+    )
+    return loss, acc, None
 
 
 def classification_loss(
@@ -70,6 +103,7 @@ def classification_loss(
     source_margin: MarginConfig | None = None,
     freeze_source_head: bool = True,
     anchor_weight: float = 0.0,
+    sharded_head: ShardedHead | None = None,
 ) -> LossFn:
     """Combined-margin softmax on the normalised classifier ``params["head"]["weight"]``.
 
@@ -82,6 +116,9 @@ def classification_loss(
       batch normalises with its own statistics (the running statistics see both).
     * ``anchor_weight`` = μ > 0 ("RCT"): L += μ · ||θ − θ₀||² over the backbone parameters, θ₀ =
       ``params["anchor"]`` (the pretrained backbone, a frozen copy kept in the state).
+
+    ``sharded_head``: the main classifier is class-sharded (``jax.shard_map`` softmax, or
+    Partial FC, `hfrjax.losses.sharded`) instead of replicated.
     """
     source_margin = margin if source_margin is None else source_margin
 
@@ -89,8 +126,21 @@ def classification_loss(
         emb, new_bs = apply_backbone(
             backbone, params["backbone"], batch_stats, batch["image"], True, rng
         )
-        loss, acc = _margin_loss(emb, params["head"]["weight"], batch["label"], margin, freeze_head)
-        metrics = {"loss/cls": loss, "train_accuracy": acc}
+        weight = params["head"]["weight"]
+        if sharded_head is None:
+            loss, acc = _margin_loss(emb, weight, batch["label"], margin, freeze_head)
+            metrics = {"loss/cls": loss, "train_accuracy": acc}
+        else:
+            if freeze_head:
+                weight = jax.lax.stop_gradient(weight)
+            loss, acc, mask = _sharded_margin_loss(
+                emb, weight, batch["label"], margin, sharded_head, jax.random.fold_in(rng, 2)
+            )
+            metrics = {"loss/cls": loss}
+            if acc is not None:
+                metrics["train_accuracy"] = acc
+            if mask is not None:
+                metrics[ROW_MASK] = mask
         if source_weight:
             src = batch["source"]
             src_emb, new_bs = apply_backbone(
@@ -120,12 +170,17 @@ def make_train_step(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     schedule: optax.Schedule | None = None,
+    state_sharding: Any = None,
 ) -> Callable:
     """``step(state, batch) -> (state, metrics)``, jitted over ``mesh`` with the state donated.
 
+    ``state_sharding``: a sharding pytree for the state (default: replicated), e.g. with the
+    classifier rows over ``model`` (`mesh.state_sharding`). A loss that reports Partial FC's
+    sampled rows (aux metric ``ROW_MASK``) gets the optimizer step undone on the other rows.
     A step whose loss or gradient is not finite leaves the state unchanged and reports
     ``finite = False``; the trainer turns that into an error that names the step.
     """
+    state_sharding = replicated(mesh) if state_sharding is None else state_sharding
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -133,6 +188,12 @@ def make_train_step(
         (loss, (metrics, new_bs)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics)
+        row_mask = metrics.pop(ROW_MASK, None)
+        if row_mask is not None:
+            new_params, new_opt = sharded_lib.masked_head_update(
+                state.params, new_params, state.opt_state, new_opt, row_mask
+            )
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = state.replace(
@@ -146,8 +207,8 @@ def make_train_step(
 
     return jax.jit(
         step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
+        in_shardings=(state_sharding, batch_sharding(mesh)),
+        out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=0,
     )
 

@@ -12,13 +12,16 @@ Config fields (ml_collections; see configs/ for complete examples):
   margin     {s, m1, m2, m3} or {preset: "arcface" | "cosface" | ...},
   head       {init: "random" | "class_means" (MEC) | "pretrained_rows" (SSC: this input's
              identities' rows of init_from's classifier), freeze: bool, class_means_flip: bool,
-             class_means_bn: "eval" | "train", class_means_batch: int},
+             class_means_bn: "eval" | "train", class_means_batch: int,
+             classifier: "dense" | "sharded" (rows over the mesh's model axis) | "partial_fc",
+             sample_rate (Partial FC, default 0.1)},
   init_from  "" | exported embedder dir | training workdir (backbone weights to start from;
              a workdir also provides classifier rows for SSC and source regularisation),
   source_reg {weight: λ (0: off), input: InputConfig fields of the source set, freeze_head,
              margin}: L += λ · L_cls(source) with init_from's source classifier rows,
   rct        {weight: μ (0: off)}: L += μ · ||θ − θ_init_from||² on the backbone,
-  optimizer  {name: sgd | adamw, momentum, weight_decay, decay_bn_and_bias, clip_norm},
+  optimizer  {name: sgd | adamw, momentum, weight_decay, decay_bn_and_bias, clip_norm,
+             accumulate_steps: k (one update per k batches: effective batch k x batch_size)},
   schedule   {name: piecewise | cosine | poly | constant, lr, warmup_epochs, ...},
   eval       {data_dir, folds, every_epochs, batch_size, best_metric, fars, flip,
              verification_packs: [lfw.bin, cfp_fp.bin, ...] (10-fold accuracy, flip-fused)},
@@ -305,9 +308,31 @@ def train(
     )
     steps_per_epoch = train_input.steps_per_epoch
     total_steps = int(config.get("total_steps", 0) or config.num_epochs * steps_per_epoch)
-    schedule = optim.make_schedule(dict(config.schedule), steps_per_epoch, total_steps)
+    accumulate = int((config.get("optimizer", {}) or {}).get("accumulate_steps", 1) or 1)
+    if accumulate < 1 or steps_per_epoch < accumulate:
+        raise ValueError(
+            f"optimizer.accumulate_steps={accumulate} must be in [1, steps per epoch = "
+            f"{steps_per_epoch}]"
+        )
+    # With accumulation the schedule advances once per optimizer update (every k micro-steps).
+    schedule = optim.make_schedule(
+        dict(config.schedule), max(1, steps_per_epoch // accumulate), total_steps // accumulate
+    )
     head_cfg = dict(config.get("head", {}) or {})
     freeze_head = bool(head_cfg.get("freeze", False))
+    classifier = str(head_cfg.get("classifier", "dense"))
+    if classifier not in ("dense", "sharded", "partial_fc"):
+        raise ValueError(
+            f"head.classifier must be 'dense', 'sharded' or 'partial_fc', got {classifier!r}"
+        )
+    sharded_head = None
+    head_rows = num_classes
+    if classifier != "dense":
+        from hfrjax.losses.sharded import padded_num_classes
+
+        rate = float(head_cfg.get("sample_rate", 0.1)) if classifier == "partial_fc" else 1.0
+        sharded_head = step_lib.ShardedHead(mesh, num_classes, rate)
+        head_rows = padded_num_classes(num_classes, mesh.shape[mesh_lib.MODEL_AXIS])
     margin = margin_from_config(config.get("margin", None))
     src_cfg = dict(config.get("source_reg", {}) or {})
     source_weight = float(src_cfg.get("weight", 0.0))
@@ -370,7 +395,9 @@ def train(
                 "head.init must be 'random', 'class_means' or 'pretrained_rows', got "
                 f"{head_cfg['init']!r}"
             )
-    head = state_lib.init_head(rng_head, num_classes, emb_dim, rows)
+    if rows is not None and head_rows > num_classes:  # Padding rows of a sharded classifier.
+        rows = np.concatenate([rows, np.zeros((head_rows - num_classes, emb_dim), rows.dtype)])
+    head = state_lib.init_head(rng_head, head_rows, emb_dim, rows)
     all_params = {"backbone": params, "head": head}
     if source_weight:  # On resume the checkpoint supplies the values; only shapes matter here.
         src_rows = (
@@ -384,7 +411,8 @@ def train(
     if rct_weight:
         all_params["anchor"] = jax.tree.map(jnp.array, params)  # A copy: never donated twice.
     state = state_lib.create_state(all_params, batch_stats, tx, rng_train)
-    state = jax.device_put(state, mesh_lib.replicated(mesh))
+    state_sharding = mesh_lib.state_sharding(state, mesh, shard_head=sharded_head is not None)
+    state = jax.device_put(state, state_sharding)
     model_kwargs = dict(config.model.get("kwargs", {}) or {})
     model_kwargs.update(overrides)
     meta = {
@@ -411,10 +439,18 @@ def train(
         )
     if rct_weight:
         loss_kw["anchor_weight"] = rct_weight
+    if sharded_head is not None:
+        loss_kw["sharded_head"] = sharded_head
     loss_fn = (loss_fn_factory or step_lib.classification_loss)(
         backbone, margin, freeze_head=freeze_head, **loss_kw
     )
-    train_step = step_lib.make_train_step(loss_fn, tx, mesh, schedule)
+    train_step = step_lib.make_train_step(
+        loss_fn,
+        tx,
+        mesh,
+        (lambda i: schedule(i // accumulate)) if accumulate > 1 else schedule,
+        state_sharding,
+    )
     writer = reporting.MetricWriter(workdir_p, tensorboard=bool(config.get("tensorboard", True)))
     step = int(jax.device_get(state.step))
     log_every = int(config.get("log_every", 50))
