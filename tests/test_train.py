@@ -317,3 +317,21 @@ def test_verification_packs_are_evaluated_during_pretraining(data, tmp_path):
     assert any(
         "verify/tiny_pairs/accuracy" in row for row in reporting.read_metrics(tmp_path / "run")
     )
+
+
+def test_bf16_training_tracks_float32(data, tmp_path):
+    """compute_dtype bfloat16 (backbone) + head.matmul_dtype bfloat16: losses within a few %."""
+    f32 = trainer.train(
+        tiny_config(data, num_epochs=1, **{"input.augment.erasing_p": 0.0}), str(tmp_path / "f32")
+    )
+    cfg = tiny_config(
+        data, num_epochs=1, compute_dtype="bfloat16", **{"input.augment.erasing_p": 0.0}
+    )
+    cfg.head.matmul_dtype = "bfloat16"
+    bf16 = trainer.train(cfg, str(tmp_path / "bf16"))
+    a, b = _losses(tmp_path / "f32"), _losses(tmp_path / "bf16")
+    assert a.keys() == b.keys() and len(a) >= 3
+    first = min(a)
+    assert b[first] == pytest.approx(a[first], rel=3e-2)
+    assert all(np.isfinite(v) for v in b.values())
+    del f32, bf16

@@ -184,8 +184,10 @@ def _to_python(metrics: dict) -> dict:
 class PreemptionGuard:
     """Turns SIGTERM (pre-emption) into a flag the training loop polls between steps.
 
-    Multi-process runs also ask JAX's own pre-emption sync point (``jax.distributed``'s
-    coordination service), so every process decides to save at the same step.
+    Single process: a Python signal handler sets the flag. Multi-process runs leave SIGTERM to
+    JAX's own pre-emption watcher (``jax.distributed``'s coordination service) and ask its
+    sync point, so every process saves at the same step even when only one got the signal
+    (a local flag would make that one process save alone and the others hang).
     """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
@@ -194,7 +196,7 @@ class PreemptionGuard:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "PreemptionGuard":
-        if threading.current_thread() is threading.main_thread():
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             for s in self._signals:
                 self._previous[s] = signal.signal(s, self._handler)
         return self
@@ -207,10 +209,7 @@ class PreemptionGuard:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            try:
-                return self._event.is_set() or multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # Pre-emption service not enabled.
-                return self._event.is_set()
+            return multihost_utils.reached_preemption_sync_point(step)
         return self._event.is_set()
 
     def __exit__(self, *exc) -> None:

@@ -72,17 +72,19 @@ class ShardedHead:
     sample_rate: float = 1.0
 
 
-def _margin_loss(emb, weight, labels, margin: MarginConfig, frozen: bool):
+def _margin_loss(emb, weight, labels, margin: MarginConfig, frozen: bool, matmul_dtype=None):
     if frozen:  # Saves the classifier's gradient computation; the optimizer masks too.
         weight = jax.lax.stop_gradient(weight)
-    cos = cosine_logits(emb, weight)
+    cos = cosine_logits(emb, weight, matmul_dtype)
     loss = margin_softmax_loss_from_cosine(cos, labels, **margin.as_kwargs())
     return loss, jnp.mean(jnp.argmax(cos, -1) == labels)
 
 
-def _sharded_margin_loss(emb, weight, labels, margin: MarginConfig, head: ShardedHead, rng):
+def _sharded_margin_loss(
+    emb, weight, labels, margin: MarginConfig, head: ShardedHead, rng, matmul_dtype=None
+):
     """(loss, accuracy or None, row mask or None) with the class-sharded softmax."""
-    kw = dict(num_classes=head.num_classes, **margin.as_kwargs())
+    kw = dict(num_classes=head.num_classes, matmul_dtype=matmul_dtype, **margin.as_kwargs())
     if head.sample_rate < 1.0:
         loss, mask = sharded_lib.partial_fc_loss(
             emb, weight, labels, head.mesh, sample_rate=head.sample_rate, rng=rng, **kw
@@ -104,6 +106,7 @@ def classification_loss(
     freeze_source_head: bool = True,
     anchor_weight: float = 0.0,
     sharded_head: ShardedHead | None = None,
+    matmul_dtype: Any = None,
 ) -> LossFn:
     """Combined-margin softmax on the normalised classifier ``params["head"]["weight"]``.
 
@@ -118,7 +121,8 @@ def classification_loss(
       ``params["anchor"]`` (the pretrained backbone, a frozen copy kept in the state).
 
     ``sharded_head``: the main classifier is class-sharded (``jax.shard_map`` softmax, or
-    Partial FC, `hfrjax.losses.sharded`) instead of replicated.
+    Partial FC, `hfrjax.losses.sharded`) instead of replicated. ``matmul_dtype`` (e.g.
+    bfloat16) is the dtype of the classifier's cosine matmul, accumulated in float32.
     """
     source_margin = margin if source_margin is None else source_margin
 
@@ -128,13 +132,19 @@ def classification_loss(
         )
         weight = params["head"]["weight"]
         if sharded_head is None:
-            loss, acc = _margin_loss(emb, weight, batch["label"], margin, freeze_head)
+            loss, acc = _margin_loss(emb, weight, batch["label"], margin, freeze_head, matmul_dtype)
             metrics = {"loss/cls": loss, "train_accuracy": acc}
         else:
             if freeze_head:
                 weight = jax.lax.stop_gradient(weight)
             loss, acc, mask = _sharded_margin_loss(
-                emb, weight, batch["label"], margin, sharded_head, jax.random.fold_in(rng, 2)
+                emb,
+                weight,
+                batch["label"],
+                margin,
+                sharded_head,
+                jax.random.fold_in(rng, 2),
+                matmul_dtype,
             )
             metrics = {"loss/cls": loss}
             if acc is not None:

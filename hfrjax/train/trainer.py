@@ -14,7 +14,8 @@ Config fields (ml_collections; see configs/ for complete examples):
              identities' rows of init_from's classifier), freeze: bool, class_means_flip: bool,
              class_means_bn: "eval" | "train", class_means_batch: int,
              classifier: "dense" | "sharded" (rows over the mesh's model axis) | "partial_fc",
-             sample_rate (Partial FC, default 0.1)},
+             sample_rate (Partial FC, default 0.1), matmul_dtype ("bfloat16": bf16 classifier
+             matmul with float32 accumulation; with compute_dtype bfloat16 for the backbone)},
   init_from  "" | exported embedder dir | training workdir (backbone weights to start from;
              a workdir also provides classifier rows for SSC and source regularisation),
   source_reg {weight: λ (0: off), input: InputConfig fields of the source set, freeze_head,
@@ -412,7 +413,10 @@ def train(
         all_params["anchor"] = jax.tree.map(jnp.array, params)  # A copy: never donated twice.
     state = state_lib.create_state(all_params, batch_stats, tx, rng_train)
     state_sharding = mesh_lib.state_sharding(state, mesh, shard_head=sharded_head is not None)
-    state = jax.device_put(state, state_sharding)
+    # A typed PRNG key cannot be device_put onto devices of other processes: move its data.
+    impl = jax.random.key_impl(state.rng)
+    state = jax.device_put(state.replace(rng=jax.random.key_data(state.rng)), state_sharding)
+    state = state.replace(rng=jax.random.wrap_key_data(state.rng, impl=impl))
     model_kwargs = dict(config.model.get("kwargs", {}) or {})
     model_kwargs.update(overrides)
     meta = {
@@ -441,6 +445,8 @@ def train(
         loss_kw["anchor_weight"] = rct_weight
     if sharded_head is not None:
         loss_kw["sharded_head"] = sharded_head
+    if head_cfg.get("matmul_dtype"):
+        loss_kw["matmul_dtype"] = state_lib.DTYPES[head_cfg["matmul_dtype"]]
     loss_fn = (loss_fn_factory or step_lib.classification_loss)(
         backbone, margin, freeze_head=freeze_head, **loss_kw
     )
