@@ -489,6 +489,7 @@ def test_mobilefacenet_impls_share_parameters_and_outputs():
     )
 
 
+@pytest.mark.slow  # About 40 s on 2 cores; CI runs it with -m slow.
 def test_iresnet_remat_keeps_parameters_outputs_and_gradients():
     kw = dict(layers=[1, 1, 1, 1], base_width=4, input_size=16, embedding_dim=8)
     plain, remat = get_model("iresnet", **kw), get_model("iresnet", remat=True, **kw)

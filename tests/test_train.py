@@ -319,6 +319,7 @@ def test_verification_packs_are_evaluated_during_pretraining(data, tmp_path):
     )
 
 
+@pytest.mark.slow  # About 40 s on 2 cores; CI runs it with -m slow.
 def test_bf16_training_tracks_float32(data, tmp_path):
     """compute_dtype bfloat16 (backbone) + head.matmul_dtype bfloat16: losses within a few %."""
     f32 = trainer.train(
