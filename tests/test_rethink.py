@@ -140,6 +140,7 @@ def test_source_regularisation_keeps_the_source_head_frozen(dirs, pretrained, tm
     assert r["loss"] == pytest.approx(r["loss/cls"] + r["loss/source"], rel=1e-5)
 
 
+@pytest.mark.slow  # Two or more training runs; CI runs it with -m slow.
 def test_lambda_zero_is_plain_mec(dirs, pretrained, tmp_path):
     a = _finetune(dirs, pretrained, tmp_path / "l0", method="mec", reg="source", lam=0.0)
     b = _finetune(dirs, pretrained, tmp_path / "mec", method="mec", reg="none")
@@ -148,6 +149,7 @@ def test_lambda_zero_is_plain_mec(dirs, pretrained, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # Two or more training runs; CI runs it with -m slow.
 def test_rct_anchor_is_the_pretrained_backbone_and_frozen(dirs, pretrained, tmp_path):
     _, pre = pretrained
     result = _finetune(dirs, pretrained, tmp_path, method="mec", reg="rct", rct_weight=0.5)
