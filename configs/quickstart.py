@@ -19,7 +19,7 @@ rows are the normalised mean embeddings of each target-train identity, frozen; o
 backbone trains, at a small learning rate.
 
 Expected result (2-core x86_64 CPU, seed 0, 10 folds, NIR->VIS, mean ± std %), in about
-5.5 minutes:
+4.5 minutes (launch/quickstart.py, everything included):
   zero-shot (VIS pretraining):  TAR@FAR=1e-3 3.47 ± 0.65, TAR@FAR=1e-2 9.80 ± 1.75,
                                 Rank-1 12.43 ± 2.60
   fine-tuned (MEC, frozen):     TAR@FAR=1e-3 10.47 ± 3.45, TAR@FAR=1e-2 30.40 ± 4.49,
