@@ -336,3 +336,26 @@ def test_bf16_training_tracks_float32(data, tmp_path):
     assert b[first] == pytest.approx(a[first], rel=3e-2)
     assert all(np.isfinite(v) for v in b.values())
     del f32, bf16
+
+
+def test_gradient_accumulation_is_one_update_with_the_mean_gradient():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from hfrjax.train import optim
+
+    cfg = {"name": "sgd", "momentum": 0.9, "weight_decay": 0.0}
+    params = {"w": jnp.asarray([1.0, -2.0, 3.0])}
+    g1, g2 = {"w": jnp.asarray([0.5, 1.0, -1.0])}, {"w": jnp.asarray([1.5, -3.0, 2.0])}
+    acc = optim.make_optimizer(dict(cfg, accumulate_steps=2), optax.constant_schedule(0.1))
+    state = acc.init(params)
+    upd, state = acc.update(g1, state, params)
+    p1 = optax.apply_updates(params, upd)
+    np.testing.assert_array_equal(p1["w"], params["w"])  # No update after the first batch.
+    upd, state = acc.update(g2, state, p1)
+    p2 = optax.apply_updates(p1, upd)
+    one = optim.make_optimizer(cfg, optax.constant_schedule(0.1))
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+    upd, _ = one.update(mean, one.init(params), params)
+    np.testing.assert_allclose(p2["w"], optax.apply_updates(params, upd)["w"], rtol=1e-6)
