@@ -54,7 +54,7 @@ def decode_image(
         if img.ndim == 3 and img.shape[2] in (2, 4):  # Drop alpha.
             img = img[:, :, : img.shape[2] - 1]
         if channels == 1 and img.ndim == 3 and img.shape[2] == 3:
-            img = _luminance(img)
+            img = luminance(img)
     else:
         with Image.open(io.BytesIO(data)) as pil:
             img = np.asarray(
@@ -69,7 +69,7 @@ def decode_image(
     return np.ascontiguousarray(img)
 
 
-def _luminance(rgb: np.ndarray) -> np.ndarray:
+def luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma, as Pillow's "L" conversion."""
     y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     return np.clip(np.round(y), 0, 255).astype(np.uint8)
@@ -237,10 +237,11 @@ def random_erase(
     rng: np.random.Generator,
     area: tuple[float, float] = (0.02, 0.4),
     ratio: tuple[float, float] = (0.3, 3.3),
+    fill: str = "noise",
 ) -> np.ndarray:
-    """A copy of ``img`` with one random rectangle of uniform noise."""
+    """A copy of ``img`` with one random rectangle of uniform noise (or zeros)."""
     out = np.array(img, order="C", copy=True)
-    erase_in_place(out, rng, area, ratio)
+    erase_in_place(out, rng, area, ratio, fill=fill)
     return out
 
 

@@ -222,6 +222,4 @@ def random_rectangle(
         raise ValueError(f"fill must be one of {augment_lib.ERASE_FILLS}, got {fill!r}")
     if np.ndim(img) != 3:
         raise ValueError(f"img must be [H, W, C], got shape {np.shape(img)}")
-    out = np.array(img, order="C", copy=True)
-    augment_lib.erase_in_place(out, rng, tuple(area), tuple(ratio), fill=fill)
-    return out
+    return augment_lib.random_erase(img, rng, tuple(area), tuple(ratio), fill=fill)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from hfrjax.data import augment as augment_lib
 from hfrjax.data import pipeline, tfrecord
 from hfrjax.data.dataset import Dataset
 from hfrjax.fileio import write_text_atomic
@@ -267,8 +268,7 @@ def _evaluate(config, backbone, state, mesh, step: int, writer, workdir: Path) -
 
         def rgb_embed(images: np.ndarray) -> np.ndarray:  # Packs are RGB; grey models see Y.
             if channels == 1:
-                images = np.round(images.astype(np.float32) @ [0.299, 0.587, 0.114])[..., None]
-                images = images.astype(np.uint8)
+                images = augment_lib.luminance(images.astype(np.float32))[..., None]
             return embed_fn(images)
 
         verification = {"step": step}
