@@ -8,6 +8,10 @@ one sample key per line (keys are those of the dataset's TFRecords)::
     DIR/protocols/nir_train_1.txt
     DIR/protocols/vis_gallery_1.txt      gallery (modality ``gallery_modality``)
     DIR/protocols/nir_probe_1.txt        probes  (modality ``probe_modality``)
+
+Set-based protocols (ARL-VTF: a visible gallery with or without eyewear, thermal probe sets for
+baseline, expression and eyewear conditions) are folds too: one fold per (probe set, gallery set)
+pair, named in ``fold_names`` (e.g. "P_TB0|G_VB0-"); reports show the names instead of numbers.
 """
 
 from __future__ import annotations
@@ -43,6 +47,19 @@ class Protocol:
     gallery_modality: str = "vis"
     probe_modality: str = "nir"
     description: str = ""
+    fold_names: list[str] | None = None  # One per fold (set-based protocols); None: "1".."k".
+
+    def __post_init__(self) -> None:
+        if self.fold_names is not None and len(self.fold_names) != len(self.folds):
+            raise ValueError(
+                f"protocol {self.name!r}: {len(self.fold_names)} fold names for "
+                f"{len(self.folds)} folds"
+            )
+
+    def fold_name(self, k: int) -> str:
+        """The display name of fold ``k`` (numbered from 1)."""
+        self.fold(k)
+        return self.fold_names[k - 1] if self.fold_names else str(k)
 
     @property
     def num_folds(self) -> int:
@@ -71,6 +88,8 @@ class Protocol:
             "probe_modality": self.probe_modality,
             "description": self.description,
         }
+        if self.fold_names:
+            meta["fold_names"] = list(self.fold_names)
         (d / "protocol.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         return d
 
@@ -92,7 +111,9 @@ class Protocol:
                     probe=_read_list(d / f"{p}_probe_{k}.txt"),
                 )
             )
-        return cls(meta["name"], folds, g, p, meta.get("description", ""))
+        return cls(
+            meta["name"], folds, g, p, meta.get("description", ""), meta.get("fold_names")
+        )
 
 
 def _write_list(path: Path, keys: Sequence[str]) -> None:
