@@ -32,8 +32,9 @@ import numpy as np
 from absl import logging
 from tensorflow_datasets.proto import tf_example_pb2
 
-MODALITIES = ("vis", "nir", "ir")
-"""Known modality names: visible light, near infrared, thermal infrared."""
+MODALITIES = ("vis", "nir", "ir", "thermal")
+"""Known modality names: visible light, near infrared (active 780-1100 nm illumination),
+infrared of an unspecified band, and long-wave thermal infrared (emitted heat, 8-14 um)."""
 
 SHARD_SUFFIX = ".tfrecord"
 INDEX_SUFFIX = ".index"
