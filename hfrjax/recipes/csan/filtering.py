@@ -1,0 +1,148 @@
+"""Cluster quality filtering for CSAN pseudo-labels (Alg. 1 lines 4-15, Eq. 7, §IV-C).
+
+Per sample, the silhouette (Rousseeuw 1987, CSAN Eq. 7) is ``(b − a) / max(a, b)`` with ``a``
+the mean distance to the other members of its cluster and ``b`` the smallest mean distance to
+another cluster; a cluster's score is the mean over its members, and a sample alone in its
+cluster scores 0 (the convention of scikit-learn's ``silhouette_samples``).  Distances are
+computed in row blocks against all samples and summed per cluster with a sparse one-hot
+matrix, so memory is O(block · (n + K)) rather than O(n²).
+
+Clusters are then discarded when extremely small or large (§IV-C gives no numbers: bounds are
+parameters) or when their silhouette is ≤ χ = 0.6 (Alg. 1 lines 6 and 12).
+"""
+
+from __future__ import annotations
+
+import flax
+import numpy as np
+import scipy.sparse
+
+from hfrjax.recipes.csan.clustering import (
+    DEFAULT_BLOCK_ENTRIES,
+    _as_features,
+    _as_labels,
+    block_rows_for,
+    squared_distances,
+)
+
+SILHOUETTE_THRESHOLD = 0.6  # χ, CSAN Alg. 1
+
+
+def _one_hot(labels: np.ndarray, num_clusters: int) -> scipy.sparse.csr_matrix:
+    n = len(labels)
+    return scipy.sparse.csr_matrix(
+        (np.ones(n), (np.arange(n), labels)), shape=(n, num_clusters)
+    )
+
+
+def silhouette_samples(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    block_entries: int = DEFAULT_BLOCK_ENTRIES,
+) -> np.ndarray:
+    """Per-sample silhouette (CSAN Eq. 7), Euclidean, computed blockwise.
+
+    ``labels``: cluster ids 0..K-1 (K ≥ 2); samples with a negative label are left out of the
+    computation entirely (they get NaN).
+    """
+    x_all = _as_features(features)
+    y_all = _as_labels(labels, x_all.shape[0])
+    member = y_all >= 0
+    x, y = x_all[member], y_all[member]
+    out = np.full(x_all.shape[0], np.nan)
+    if len(y) == 0:
+        raise ValueError("silhouette needs at least one labelled sample")
+    num_clusters = int(y.max()) + 1
+    sizes = np.bincount(y, minlength=num_clusters)
+    if np.count_nonzero(sizes) < 2:
+        raise ValueError(f"silhouette needs at least 2 non-empty clusters, got {np.count_nonzero(sizes)}")
+    one_hot_t = _one_hot(y, num_clusters).T.tocsr()  # [K, n]
+    x_sq = np.einsum("ij,ij->i", x, x)
+    n = len(y)
+    scores = np.empty(n)
+    step = block_rows_for(n + num_clusters, block_entries)
+    empty = sizes == 0
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        d = np.sqrt(squared_distances(x[rows], x, x_sq))
+        sums = np.asarray((one_hot_t @ d.T).T)  # [block, K]
+        own = y[rows]
+        own_size = sizes[own]
+        a = sums[np.arange(len(own)), own] / np.maximum(own_size - 1, 1)
+        mean_other = sums / np.maximum(sizes, 1)[None, :]
+        mean_other[np.arange(len(own)), own] = np.inf
+        mean_other[:, empty] = np.inf
+        b = mean_other.min(axis=1)
+        denom = np.maximum(a, b)
+        s = np.where(denom > 0, (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
+        scores[rows] = np.where(own_size > 1, s, 0.0)
+    out[member] = scores
+    return out
+
+
+def cluster_silhouettes(
+    features: np.ndarray, labels: np.ndarray, *, block_entries: int = DEFAULT_BLOCK_ENTRIES
+) -> np.ndarray:
+    """Silhouette of each cluster 0..K-1: the mean of its members' scores (NaN if empty)."""
+    y = _as_labels(labels, np.asarray(features).shape[0])
+    s = silhouette_samples(features, y, block_entries=block_entries)
+    member = y >= 0
+    num_clusters = int(y[member].max()) + 1
+    total = np.bincount(y[member], weights=s[member], minlength=num_clusters)
+    count = np.bincount(y[member], minlength=num_clusters)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+@flax.struct.dataclass
+class ClusterFilter:
+    """Outcome of filtering (arrays only, so it can sit in a checkpointed pytree).
+
+    labels: [n] the input cluster id, or -1 where the sample's cluster was removed.
+    kept: [K] whether cluster k survived.  sizes: [K].  silhouette: [K] cluster mean score.
+    """
+
+    labels: np.ndarray
+    kept: np.ndarray
+    sizes: np.ndarray
+    silhouette: np.ndarray
+
+
+def filter_clusters(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    min_size: int = 2,
+    max_size: int | None = None,
+    silhouette_threshold: float = SILHOUETTE_THRESHOLD,
+    block_entries: int = DEFAULT_BLOCK_ENTRIES,
+) -> ClusterFilter:
+    """Keep clusters with ``min_size ≤ size ≤ max_size`` and silhouette > χ (Alg. 1 l. 4-15).
+
+    The silhouette is computed on the whole partition before any cluster is removed, as in
+    Alg. 1 where every cluster's score is evaluated against the unfiltered clustering.
+    """
+    x = _as_features(features)
+    y = _as_labels(labels, x.shape[0])
+    if (y < 0).any():
+        bad = int(np.argmax(y < 0))
+        raise ValueError(f"labels must be non-negative; sample {bad} has label {y[bad]}")
+    if min_size < 1:
+        raise ValueError(f"min_size must be >= 1, got {min_size}")
+    if max_size is not None and max_size < min_size:
+        raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
+    num_clusters = int(y.max()) + 1
+    sizes = np.bincount(y, minlength=num_clusters)
+    if np.count_nonzero(sizes) >= 2:
+        sil = cluster_silhouettes(x, y, block_entries=block_entries)
+    else:  # one cluster: no neighbour cluster, the score is undefined (and fails χ)
+        sil = np.where(sizes > 0, 0.0, np.nan)
+    upper = np.inf if max_size is None else max_size
+    kept = (sizes >= min_size) & (sizes <= upper) & (sil > silhouette_threshold)
+    return ClusterFilter(
+        labels=np.where(kept[y], y, -1).astype(np.int64),
+        kept=kept,
+        sizes=sizes.astype(np.int64),
+        silhouette=sil,
+    )
