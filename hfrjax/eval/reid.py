@@ -385,7 +385,10 @@ def evaluate_reid(
         "mode": mode,
         "direction": direction,
         "rules": {
-            **dataclasses.asdict(dataclasses.replace(rules, camera_of=None)),
+            "name": rules.name,
+            "cmc": rules.cmc,
+            "same_room": [list(p) for p in rules.same_room],
+            "same_room_scope": rules.same_room_scope,
             "camera_of": getattr(rules.camera_of, "__qualname__", None),
         },
         "metrics": names,

@@ -367,7 +367,7 @@ def _sysu(
             )
     train_ids = set(splits["train"]) | (set(splits["val"]) if include_val else set())
     test_ids = set(splits["test"])
-    wanted = train_ids | test_ids
+    wanted = set(splits["train"]) | set(splits["val"]) | test_ids  # Val converted either way.
     files = _scan_sysu(root, wanted, warnings)
     present = {pid for _, pid in files}
     missing = sorted(wanted - present)
