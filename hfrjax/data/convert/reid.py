@@ -190,7 +190,8 @@ def compare_counts(
     fold_names: Sequence[str] | None = None,
 ) -> list[str]:
     """Warnings for every count that differs from ``expected``. A per-fold expectation may be a
-    mapping {fold name prefix (before "/"): value}."""
+    mapping {part of the fold name: value}, the parts split at "/" and "|" ("all-search/3",
+    "P_TB0|G_VB0-")."""
     out = [
         f"{name}: {got}, expected {expected[name]}"
         for name, got in totals.items()
@@ -202,7 +203,7 @@ def compare_counts(
         for name, got in counts.items():
             want = expected.get(name)
             if isinstance(want, Mapping):
-                want = want.get(label.split("/")[0])
+                want = next((want[p] for p in re.split(r"[/|]", label) if p in want), None)
             if want is not None and not count_matches(got, want):
                 bad.append(f"{name} {got} (expected {want})")
         if bad:

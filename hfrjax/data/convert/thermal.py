@@ -1,0 +1,603 @@
+"""Thermal-visible face sets -> hfrjax datasets with set-based protocols (one fold per probe set
+and gallery set pair, named "P_TB0|G_VB0-"; `hfrjax.data.protocol`).
+
+`convert_arlvtf` reads ARL-VTF (DEVCOM Army Research Laboratory Visible-Thermal Face Dataset,
+Poster et al., "A Large-Scale, Time-Synchronized Visible and Thermal Face Dataset", WACV 2021;
+the evaluation used by CSAN §IV). Its evaluation is organised in named image sets: visible
+galleries G_VB0- (the 100 test subjects, no eyewear) and G_VB0+ (the 30 test subjects who wear
+glasses, wearing them), and thermal probes for the baseline condition P_TB0 (subjects without
+glasses), P_TB- (subjects with glasses, not wearing them), P_TB+ (wearing them) and the
+expression condition P_TE0, P_TE- (pose probes P_TP0, P_TP- are read when present). The name
+says the role (G/P), the spectrum (V visible, T thermal), the condition (B baseline,
+E expression, P pose) and the eyewear (0 none, - owns glasses but not wearing, + wearing;
+the galleries' "0-" / "0+" read as without / with glasses).
+
+The layout this converter assumes (the set lists as plain text files; adapt `ARLVTF_LISTS`,
+`ARLVTF_TRAIN_LISTS` or pass ``list_template`` for a copy organised otherwise, or write the
+generic CSV below)::
+
+    root/<image tree>                    images anywhere under root, e.g. sub_0001/.../x.png
+    root/protocols/G_VB0-.txt            one list per set, named <set>.txt
+    root/protocols/G_VB0+.txt
+    root/protocols/P_TB0.txt  P_TB-.txt  P_TB+.txt  P_TE0.txt  P_TE-.txt
+    root/protocols/P_TP0.txt  P_TP-.txt  optional (pose)
+    root/protocols/train_visible.txt     optional: the development (training) subjects' images
+    root/protocols/train_thermal.txt
+
+Each line is ``relative/path`` or ``relative/path identity`` (whitespace- or comma-separated);
+without an identity column the identity is the first component of the path (the subject
+folder). Folds: every probe set against every gallery set, probe sets in `ARLVTF_PROBE_SETS`
+order; each fold's training lists are the optional train lists. Visible images are stored as
+"vis", thermal ones as the library's thermal modality "ir".
+
+`convert_set_list` converts any other thermal-visible (or NIR-visible) set described by a CSV
+with the header columns ``path,identity,modality,set``: ``modality`` as in
+`hfrjax.data.convert.folders.MODALITY_ALIASES` (vis/visible/rgb, thermal/lwir, nir);
+``set`` names the image's set, whose role is read from its name: "train..." (training),
+"G_..." or "gallery..." (a gallery), "P_..." or "probe..." (a probe set), empty (converted, in
+no list). An image in several sets takes one row per set. Folds: every probe set against every
+gallery set, or the ``pairs`` given.
+
+Keys are the image paths relative to ``root`` without extension; labels 0..C-1 over the
+identities in natural order; images keep their bytes (`folders.write_dataset`). Missing or
+undecodable files raise `ConversionError` or, with ``on_bad="skip"``, are counted and dropped
+from the protocol with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hfrjax.data.convert.common import (
+    ConversionError,
+    ConversionReport,
+    check_on_bad,
+    missing_files_error,
+)
+from hfrjax.data.convert.folders import (
+    SourceImage,
+    check_out_dir,
+    fold_counts,
+    fold_warnings,
+    map_modality,
+    relative_key,
+    write_dataset,
+    write_report,
+)
+from hfrjax.data.convert.reid import (
+    CaseResolver,
+    compare_counts,
+    format_table,
+    named_fold_warnings,
+    show_some,
+)
+from hfrjax.data.protocol import Fold, Protocol
+
+ARLVTF_GALLERY_SETS = ("G_VB0-", "G_VB0+")
+ARLVTF_PROBE_SETS = ("P_TB0", "P_TB-", "P_TB+", "P_TE0", "P_TE-")
+ARLVTF_OPTIONAL_SETS = ("P_TP0", "P_TP-")
+ARLVTF_LIST_TEMPLATE = "protocols/{set}.txt"
+ARLVTF_TRAIN_LISTS = {"vis": "protocols/train_visible.txt", "ir": "protocols/train_thermal.txt"}
+ARLVTF_SPECTRUM = {"V": "vis", "T": "ir"}
+ARLVTF_EXPECTED = {"test_ids": 100, "train_ids": 295, "gallery_ids": {"G_VB0-": 100, "G_VB0+": 30}}
+"""ARL-VTF counts from its paper: 395 subjects, 295 development and 100 test; G_VB0+ holds the
+30 test subjects who wear glasses. Per fold (by the gallery set in the fold's name)."""
+
+SET_NAME = re.compile(r"^([GP])_([VT])([A-Z])([0+\-]{1,2})$")
+SET_LIST_COLUMNS = ("path", "identity", "modality", "set")
+ROLES = ("train", "gallery", "probe")
+PAIR_SEPARATOR = "|"
+
+
+def arlvtf_set_modality(name: str) -> str:
+    """The stored modality of an ARL-VTF set name (G_VB0- -> "vis", P_TB0 -> "ir")."""
+    m = SET_NAME.match(name)
+    if m is None:
+        raise ValueError(
+            f"{name!r} is not an ARL-VTF set name <G|P>_<V|T><condition><eyewear: 0, +, ->, e.g. P_TB0, G_VB0-"
+        )
+    return ARLVTF_SPECTRUM[m.group(2)]
+
+
+def set_role(name: str) -> str | None:
+    """"train" / "gallery" / "probe" from a set name (see the module docstring); None for ""."""
+    low = name.strip().lower()
+    if not low:
+        return None
+    if low.startswith("train"):
+        return "train"
+    if low.startswith(("g_", "gallery")):
+        return "gallery"
+    if low.startswith(("p_", "probe")):
+        return "probe"
+    raise ValueError(
+        f"set {name!r}: cannot tell its role; name training sets 'train...', galleries "
+        "'G_...' or 'gallery...', probe sets 'P_...' or 'probe...'"
+    )
+
+
+def _parse_pairs(pairs: Sequence[str] | None) -> list[tuple[str, str]] | None:
+    if pairs is None:
+        return None
+    out = []
+    for p in pairs:
+        probe, sep, gallery = p.partition(PAIR_SEPARATOR)
+        if not sep or not probe.strip() or not gallery.strip():
+            raise ValueError(f"pair {p!r} must be 'probe_set{PAIR_SEPARATOR}gallery_set'")
+        out.append((probe.strip(), gallery.strip()))
+    return out
+
+
+def set_protocol(
+    name: str,
+    sets: Mapping[str, Sequence[str]],
+    roles: Mapping[str, str],
+    modality_of: Mapping[str, str],
+    *,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    description: str = "",
+) -> Protocol:
+    """A protocol with one fold per (probe set, gallery set): ``sets`` maps a set name to its
+    keys, ``roles`` a set name to "train"/"gallery"/"probe", ``modality_of`` a key to its
+    modality. Training lists (the union of the train sets, by modality) repeat in every fold.
+    Default pairs: every probe set against every gallery set, in the order of ``sets``."""
+    gallery_sets = [s for s in sets if roles[s] == "gallery"]
+    probe_sets = [s for s in sets if roles[s] == "probe"]
+    if pairs is None:
+        pairs = [(p, g) for p in probe_sets for g in gallery_sets]
+    for p, g in pairs:
+        if roles.get(p) != "probe" or roles.get(g) != "gallery":
+            raise ValueError(
+                f"pair {p}{PAIR_SEPARATOR}{g}: needs a probe set and a gallery set; probe sets "
+                f"{probe_sets}, gallery sets {gallery_sets}"
+            )
+    if not pairs:
+        raise ValueError(
+            f"no (probe set, gallery set) pair: probe sets {probe_sets}, gallery sets "
+            f"{gallery_sets}"
+        )
+
+    def one_modality(role: str) -> str:
+        found = {modality_of[k] for s in sets if roles[s] == role for k in sets[s]}
+        if len(found) != 1:
+            raise ValueError(
+                f"the {role} sets hold the modalities {sorted(found)}; a protocol needs one "
+                f"{role} modality"
+            )
+        return found.pop()
+
+    gallery_modality, probe_modality = one_modality("gallery"), one_modality("probe")
+    train: dict[str, list[str]] = {}
+    for s, keys in sets.items():
+        if roles[s] == "train":
+            for k in keys:
+                train.setdefault(modality_of[k], []).append(k)
+    train = {m: list(dict.fromkeys(v)) for m, v in sorted(train.items())}
+    folds = [Fold(train=train, gallery=list(sets[g]), probe=list(sets[p])) for p, g in pairs]
+    return Protocol(
+        name,
+        folds,
+        gallery_modality,
+        probe_modality,
+        description,
+        [f"{p}{PAIR_SEPARATOR}{g}" for p, g in pairs],
+    )
+
+
+def _finish(
+    name: str,
+    root: Path,
+    out_dir: Path,
+    images: Sequence[SourceImage],
+    protocol: Protocol,
+    dropped: Sequence[str],
+    report: ConversionReport,
+    warnings: list[str],
+    expected: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    on_bad: str,
+    num_shards: int,
+    progress: bool,
+    workers: int,
+) -> dict[str, Any]:
+    written = write_dataset(
+        images,
+        out_dir,
+        name=name,
+        num_shards=num_shards,
+        on_bad=on_bad,
+        report=report,
+        warnings=warnings,
+        protocol=protocol,
+        dropped=dropped,
+        description=f"{name} converted from {root}: {protocol.description}",
+        extra={"source_root": str(root), **extra},
+        progress=progress,
+        workers=workers,
+    )
+    info, protocol = written.info, written.protocol
+    counts = fold_counts(protocol, written.identity_of)
+    names = [protocol.fold_name(k) for k in range(1, protocol.num_folds + 1)]
+    warnings += named_fold_warnings(fold_warnings(counts), names)
+    warnings += compare_counts(expected, {"identities": info.num_classes}, counts, names)
+    result: dict[str, Any] = {
+        "dataset": name,
+        "root": str(root),
+        "out_dir": str(out_dir),
+        "on_bad": on_bad,
+        "protocol": protocol.name,
+        "num_images": info.num_images,
+        "identities": info.num_classes,
+        "modalities": info.modalities,
+        "expected": dict(expected),
+        "folds": [
+            {"fold": k, "name": n, "counts": c} for k, (n, c) in enumerate(zip(names, counts), 1)
+        ],
+        "report": report.to_json(),
+        "warnings": warnings,
+    }
+    write_report(out_dir, result)
+    if progress:
+        print(format_table(result))
+        print(f"{name}: {report.summary()}", file=sys.stderr)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return result
+
+
+class _Images:
+    """Images gathered from lists: one SourceImage per key, consistent identity and modality."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.resolve = CaseResolver(root)
+        self.images: dict[str, SourceImage] = {}
+        self.where: dict[str, str] = {}
+        self.missing: dict[str, str] = {}
+        self.missing_modality: dict[str, str] = {}
+
+    def add(self, path: str, identity: str | None, modality: str, where: str) -> str:
+        """The key of ``path`` (relative to root); identity None: the first path component."""
+        full = Path(path)
+        if full.is_absolute():
+            try:
+                path = full.resolve().relative_to(self.root.resolve()).as_posix()
+            except ValueError:
+                raise ConversionError(f"{where}: {path} is not under the root {self.root}") from None
+        parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            raise ConversionError(f"{where}: {path!r} is not a relative file path")
+        if identity is None:
+            if len(parts) < 2:
+                raise ConversionError(
+                    f"{where}: {path!r} has no folder to take the identity from; add an "
+                    "identity column"
+                )
+            identity = parts[0]
+        found = self.resolve(parts)
+        if found is None:
+            key = relative_key("/".join(parts))
+            self.missing.setdefault(key, f"{'/'.join(parts)} ({where})")
+            self.missing_modality.setdefault(key, modality)
+            return key
+        rel = found.relative_to(self.root).as_posix()
+        key = relative_key(rel)
+        old = self.images.get(key)
+        if old is None:
+            self.images[key] = SourceImage(found, rel, key, identity, modality)
+            self.where[key] = where
+        elif (old.identity, old.modality) != (identity, modality):
+            raise ConversionError(
+                f"{where}: {path} is {modality} of identity {identity!r} here but "
+                f"{old.modality} of identity {old.identity!r} at {self.where[key]}"
+            )
+        return key
+
+    def modality_of(self, key: str) -> str:
+        """The modality a listed key (found or missing) was given."""
+        return self.images[key].modality if key in self.images else self.missing_modality[key]
+
+    def dropped(self, on_bad: str, report: ConversionReport, warnings: list[str], what: str):
+        if not self.missing:
+            return []
+        if on_bad == "raise":
+            raise missing_files_error(
+                list(self.missing.values()), f"{what} (pass on_bad='skip' to skip and count them)"
+            )
+        for shown in self.missing.values():
+            report.skip("missing file", shown)
+        warnings.append(
+            f"{len(self.missing)} listed file(s) do not exist and were left out, e.g. "
+            f"{show_some(list(self.missing.values()))}"
+        )
+        return list(self.missing)
+
+
+# --------------------------------------------------------------------------------------------
+# ARL-VTF.
+
+
+def _read_set_list(path: Path, gathered: _Images, modality: str) -> list[str]:
+    keys = []
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        tokens = [t for t in re.split(r"[,\s]+", line.strip()) if t]
+        if not tokens:
+            continue
+        if len(tokens) > 2:
+            raise ConversionError(
+                f"{path}:{lineno}: expected 'relative/path [identity]', got {line.strip()!r}"
+            )
+        identity = tokens[1] if len(tokens) == 2 else None
+        keys.append(gathered.add(tokens[0], identity, modality, f"{path}:{lineno}"))
+    if not keys:
+        raise ConversionError(f"{path} lists no images")
+    return list(dict.fromkeys(keys))
+
+
+def convert_arlvtf(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    list_template: str = ARLVTF_LIST_TEMPLATE,
+    sets: Sequence[str] | None = None,
+    num_shards: int = 8,
+    on_bad: str = "raise",
+    progress: bool = True,
+    workers: int = 4,
+) -> dict[str, Any]:
+    """Converts ARL-VTF at ``root`` (assumed layout: module docstring) to an hfrjax dataset
+    whose protocol has one fold per (probe set, gallery set).
+
+    ``list_template`` locates a set's list relative to ``root`` ("{set}" is replaced by the
+    name). ``sets`` restricts the sets read (default: the galleries and probe sets of the
+    paper, which must all exist, plus the pose probes if present). Returns the summary also
+    written to ``out_dir/conversion.json``.
+    """
+    check_on_bad(on_bad)
+    root_p, out_p = Path(root), Path(out_dir)
+    if not root_p.is_dir():
+        raise ConversionError(f"ARL-VTF root {root_p} is not a directory")
+    if "{set}" not in list_template:
+        raise ValueError(f"list_template must contain '{{set}}', got {list_template!r}")
+    check_out_dir(root_p, out_p, scans_root=False)
+    wanted = list(sets) if sets is not None else [*ARLVTF_GALLERY_SETS, *ARLVTF_PROBE_SETS]
+    for s in wanted:
+        arlvtf_set_modality(s)
+    optional = [] if sets is not None else list(ARLVTF_OPTIONAL_SETS)
+    paths = {s: root_p / list_template.format(set=s) for s in [*wanted, *optional]}
+    absent = [str(paths[s]) for s in wanted if not paths[s].is_file()]
+    if absent:
+        parent = paths[wanted[0]].parent
+        found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+        raise ConversionError(
+            f"ARL-VTF: set list(s) {show_some(absent)} do not exist ({parent} holds "
+            f"{show_some(found) or 'nothing'}); pass sets= to read fewer, or list_template= for "
+            "another layout"
+        )
+    present = [s for s in paths if paths[s].is_file()]
+    # Galleries first, then probes in the paper's order.
+    order = {s: i for i, s in enumerate([*ARLVTF_GALLERY_SETS, *ARLVTF_PROBE_SETS, *optional])}
+    present.sort(key=lambda s: (s[0] != "G", order.get(s, len(order)), s))
+    report, warnings = ConversionReport(), []
+    gathered = _Images(root_p)
+    lists: dict[str, list[str]] = {}
+    roles: dict[str, str] = {}
+    for s in present:
+        lists[s] = _read_set_list(paths[s], gathered, arlvtf_set_modality(s))
+        roles[s] = "gallery" if s.startswith("G") else "probe"
+    for m, rel in ARLVTF_TRAIN_LISTS.items():
+        if (root_p / rel).is_file():
+            lists[f"train_{m}"] = _read_set_list(root_p / rel, gathered, m)
+            roles[f"train_{m}"] = "train"
+    dropped = gathered.dropped(on_bad, report, warnings, f"the ARL-VTF lists under {root_p}")
+    kept = {s: [k for k in keys if k in gathered.images] for s, keys in lists.items()}
+    protocol = set_protocol(
+        "arl-vtf",
+        lists,
+        roles,
+        {k: gathered.modality_of(k) for keys in lists.values() for k in keys},
+        description="ARL-VTF set protocol: every thermal probe set against every visible "
+        f"gallery set ({', '.join(s for s in present if roles[s] != 'train')})",
+    )
+    expected = dict(ARLVTF_EXPECTED)
+    if not any(roles[s] == "train" for s in roles):
+        expected.pop("train_ids")
+    empty = [s for s, keys in kept.items() if not keys]
+    if empty:
+        warnings.append(f"set(s) {empty} lost every image to missing files")
+    return _finish(
+        "arl-vtf",
+        root_p,
+        out_p,
+        list(gathered.images.values()),
+        protocol,
+        dropped,
+        report,
+        warnings,
+        expected,
+        {"sets": {s: len(v) for s, v in lists.items()}, "list_template": list_template},
+        on_bad,
+        num_shards,
+        progress,
+        workers,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Generic set list (CSV).
+
+
+def convert_set_list(
+    root: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    pairs: Sequence[str] | None = None,
+    num_shards: int = 8,
+    on_bad: str = "raise",
+    progress: bool = True,
+    workers: int = 4,
+) -> dict[str, Any]:
+    """Converts the images a ``path,identity,modality,set`` CSV lists (paths relative to
+    ``root``) to an hfrjax dataset with a set protocol (module docstring). ``pairs``:
+    "probe_set|gallery_set" strings (default: every probe set against every gallery set)."""
+    check_on_bad(on_bad)
+    root_p, out_p, csv_p = Path(root), Path(out_dir), Path(csv_path)
+    if not root_p.is_dir():
+        raise ConversionError(f"input root {root_p} is not a directory")
+    if not csv_p.is_file():
+        raise ConversionError(f"CSV file {csv_p} does not exist")
+    check_out_dir(root_p, out_p, scans_root=False)
+    pair_list = _parse_pairs(pairs)
+    report, warnings = ConversionReport(), []
+    gathered = _Images(root_p)
+    sets: dict[str, list[str]] = {}
+    roles: dict[str, str] = {}
+    seen: dict[tuple[str, str], int] = {}
+    with open(csv_p, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise ConversionError(f"{csv_p}: empty file; expected a header {SET_LIST_COLUMNS}")
+        cols = {h.strip().lower(): i for i, h in enumerate(header)}
+        absent = [c for c in SET_LIST_COLUMNS if c not in cols]
+        if absent:
+            raise ConversionError(
+                f"{csv_p}:1: header {header} lacks the column(s) {absent}; expected "
+                f"{','.join(SET_LIST_COLUMNS)}"
+            )
+        for row in reader:
+            where = f"{csv_p}:{reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(header):
+                raise ConversionError(f"{where}: {len(row)} field(s), the header has {len(header)}")
+            path, identity, modality, set_name = (row[cols[c]].strip() for c in SET_LIST_COLUMNS)
+            for col, value in (("path", path), ("identity", identity), ("modality", modality)):
+                if not value:
+                    raise ConversionError(f"{where}: empty {col!r}")
+            modality = map_modality(modality, where)
+            try:
+                role = set_role(set_name)
+            except ValueError as e:
+                raise ConversionError(f"{where}: {e}") from None
+            key = gathered.add(path, identity, modality, where)
+            if (key, set_name) in seen:
+                raise ConversionError(
+                    f"{where}: {path} is listed in set {set_name!r} again (first at line "
+                    f"{seen[(key, set_name)]})"
+                )
+            seen[(key, set_name)] = reader.line_num
+            if role is not None:
+                sets.setdefault(set_name, []).append(key)
+                roles[set_name] = role
+    if not gathered.images and not gathered.missing:
+        raise ConversionError(f"{csv_p} lists no images")
+    dropped = gathered.dropped(on_bad, report, warnings, str(csv_p))
+    modality_of = {k: gathered.modality_of(k) for keys in sets.values() for k in keys}
+    try:
+        protocol = set_protocol(
+            name or root_p.resolve().name,
+            sets,
+            roles,
+            modality_of,
+            pairs=pair_list,
+            description=f"set protocol read from {csv_p}",
+        )
+    except ValueError as e:
+        raise ConversionError(f"{csv_p}: {e}") from None
+    return _finish(
+        name or root_p.resolve().name,
+        root_p,
+        out_p,
+        list(gathered.images.values()),
+        protocol,
+        dropped,
+        report,
+        warnings,
+        {},
+        {"csv": str(csv_p), "sets": {s: len(v) for s, v in sets.items()}},
+        on_bad,
+        num_shards,
+        progress,
+        workers,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Command lines (``hfrjax convert arlvtf`` and ``hfrjax convert setlist``).
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``hfrjax convert thermal``: ARL-VTF (--arlvtf) or a set CSV (--csv)."""
+    parser.add_argument("--root", required=True, help="folder the images (and lists) are under")
+    parser.add_argument("--out", required=True, help="output dataset directory")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--arlvtf", action="store_true", help="read ARL-VTF's per-set lists")
+    src.add_argument("--csv", default=None, help="CSV with columns path,identity,modality,set")
+    parser.add_argument(
+        "--list_template",
+        default=ARLVTF_LIST_TEMPLATE,
+        help="ARL-VTF: a set's list relative to --root ({set} = its name)",
+    )
+    parser.add_argument(
+        "--sets", default=None, help="ARL-VTF: comma-separated sets to read (default: all)"
+    )
+    parser.add_argument(
+        "--pairs",
+        default=None,
+        help="CSV: comma-separated probe_set|gallery_set folds (default: every pair)",
+    )
+    parser.add_argument("--name", default=None, help="CSV: dataset name (default: the root's)")
+    parser.add_argument("--shards", type=int, default=8, help="number of TFRecord shards")
+    parser.add_argument(
+        "--on_bad",
+        default="raise",
+        choices=["raise", "skip"],
+        help="missing/undecodable images: fail, or skip, count and drop them from the protocol",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``hfrjax convert thermal``; 0 on success, 2 with a message on bad input."""
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
+    try:
+        if args.arlvtf:
+            if args.pairs or args.name:
+                raise ConversionError("--pairs and --name apply to --csv only")
+            convert_arlvtf(
+                args.root,
+                args.out,
+                list_template=args.list_template,
+                sets=split(args.sets),
+                num_shards=args.shards,
+                on_bad=args.on_bad,
+                progress=not args.quiet,
+            )
+        else:
+            if args.sets or args.list_template != ARLVTF_LIST_TEMPLATE:
+                raise ConversionError("--sets and --list_template apply to --arlvtf only")
+            convert_set_list(
+                args.root,
+                args.csv,
+                args.out,
+                name=args.name,
+                pairs=split(args.pairs),
+                num_shards=args.shards,
+                on_bad=args.on_bad,
+                progress=not args.quiet,
+            )
+    except (ConversionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
