@@ -123,9 +123,13 @@ def test_sysu_round_trip_cameras_and_splits(sysu, tmp_path):
         for k in ks:
             s = samples[k]
             parsed = convert.parse_sysu_key(k)
-            assert (parsed.camera, parsed.identity) == (cam, f"{pid:04d}") == (
-                convert.sysu_camera(k),
-                s.identity,
+            assert (
+                (parsed.camera, parsed.identity)
+                == (cam, f"{pid:04d}")
+                == (
+                    convert.sysu_camera(k),
+                    s.identity,
+                )
             )
             assert s.modality == ("nir" if cam in SYSU_IR else "vis")
             assert ds.info.class_names[s.label] == s.identity
@@ -140,7 +144,9 @@ def test_sysu_round_trip_cameras_and_splits(sysu, tmp_path):
         f"{m}/{t}" for m in ("all-search", "indoor-search") for t in range(1, 11)
     ]
     train = [1, 2, 3, 4]  # train + val
-    want_vis = sorted(k for (c, p), ks in keys.items() if p in train and c not in SYSU_IR for k in ks)
+    want_vis = sorted(
+        k for (c, p), ks in keys.items() if p in train and c not in SYSU_IR for k in ks
+    )
     want_nir = sorted(k for (c, p), ks in keys.items() if p in train and c in SYSU_IR for k in ks)
     want_probe = sorted(k for (c, p), ks in keys.items() if p >= 5 and c in SYSU_IR for k in ks)
     for k, fold in enumerate(protocol.folds, start=1):
@@ -191,9 +197,14 @@ def test_sysu_without_val_and_other_seeds(sysu, tmp_path):
     )
     protocol = Protocol.load(out)
     assert protocol.fold_names == [
-        "all-search/1", "all-search/2", "indoor-search/1", "indoor-search/2"
+        "all-search/1",
+        "all-search/2",
+        "indoor-search/1",
+        "indoor-search/2",
     ]
-    assert not any(convert.parse_sysu_key(k).identity == "0004" for k in protocol.folds[0].train_keys)
+    assert not any(
+        convert.parse_sysu_key(k).identity == "0004" for k in protocol.folds[0].train_keys
+    )
     assert "cam1/0004/0001" in Dataset.open(out).records.key  # Val images are still converted.
     assert protocol.folds[0].gallery == _standard_gallery(root, "all-search", 5)
 
@@ -294,7 +305,11 @@ def test_regdb_round_trip_and_trials(regdb, tmp_path):
         assert fold.gallery == [x for p in test for x in keys[("vis", p)]]
         assert fold.probe == [x for p in test for x in keys[("ir", p)]]
         counts = result["folds"][k - 1]["counts"]
-        assert (counts["train_ids"], counts["test_ids"], counts["train_test_shared_ids"]) == (3, 3, 0)
+        assert (counts["train_ids"], counts["test_ids"], counts["train_test_shared_ids"]) == (
+            3,
+            3,
+            0,
+        )
     assert any("identities: 6, expected 412" in w for w in result["warnings"])
 
 
@@ -327,10 +342,14 @@ def test_cli_runs_and_reports_bad_input(regdb, tmp_path, capsys):
     root, _ = regdb
     parser = argparse.ArgumentParser()
     convert.add_arguments(parser)
-    args = parser.parse_args(["--dataset", "regdb", "--root", str(root), "--out", str(tmp_path / "o"), "--quiet"])
+    args = parser.parse_args(
+        ["--dataset", "regdb", "--root", str(root), "--out", str(tmp_path / "o"), "--quiet"]
+    )
     assert convert.run(args) == 0
     assert Dataset.open(tmp_path / "o").info.num_images == 24
-    args = parser.parse_args(["--dataset", "regdb", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "p")])
+    args = parser.parse_args(
+        ["--dataset", "regdb", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "p")]
+    )
     assert convert.run(args) == 2
     assert "is not a directory" in capsys.readouterr().err
 
@@ -355,9 +374,7 @@ def _expected(out, protocol, k, swap, rules):
     lab = ds.records.select_keys([*q, *g]).label
     cam = np.asarray([int(m.group(1)) if (m := re.match(r"cam(\d)/", x)) else 0 for x in [*q, *g]])
     n = len(q)
-    return reid.reid_metrics(
-        emb[:n] @ emb[n:].T, lab[:n], lab[n:], cam[:n], cam[n:], rules=rules
-    )
+    return reid.reid_metrics(emb[:n] @ emb[n:].T, lab[:n], lab[n:], cam[:n], cam[n:], rules=rules)
 
 
 def test_evaluate_reid_on_converted_sysu(sysu, tmp_path):
@@ -368,7 +385,9 @@ def test_evaluate_reid_on_converted_sysu(sysu, tmp_path):
     with pytest.raises(ValueError, match="pass mode="):
         reid.evaluate_reid(_embed, out, image_size=(H, W))
     for mode, first in (("all-search", 1), ("indoor-search", 4)):
-        res = reid.evaluate_reid(_embed, out, mode=mode, batch_size=8, image_size=(H, W), num_threads=1)
+        res = reid.evaluate_reid(
+            _embed, out, mode=mode, batch_size=8, image_size=(H, W), num_threads=1
+        )
         assert [f["name"] for f in res["folds"]] == [f"{mode}/{t}" for t in (1, 2, 3)]
         assert res["rules"]["name"] == "sysu-mm01"
         for i, f in enumerate(res["folds"]):

@@ -150,7 +150,9 @@ def test_arlvtf_bad_input_is_named(arlvtf, tmp_path):
     with pytest.raises(ConversionError, match=r"P_TB0.txt:\d+: expected 'relative/path"):
         thermal.convert_arlvtf(root, tmp_path / "b", progress=False)
     lst.write_text(good + f"{sets['P_TB-'][0]}.png sub_0001\n")  # Subject 3's file as subject 1.
-    with pytest.raises(ConversionError, match=r"ir of identity 'sub_000[13]' here but ir of identity 'sub_000[13]'"):
+    with pytest.raises(
+        ConversionError, match=r"ir of identity 'sub_000[13]' here but ir of identity 'sub_000[13]'"
+    ):
         thermal.convert_arlvtf(root, tmp_path / "c", progress=False)
     lst.write_text(good)
     (root / f"{sets['P_TB0'][1]}.png").unlink()
@@ -214,10 +216,14 @@ def test_set_list_folds_roles_and_modalities(tmp_path):
     assert protocol.name == "thermal-set" and result["dataset"] == "thermal-set"
     assert protocol.fold_names == ["probe_day|gallery", "probe_night|gallery", "probe_all|gallery"]
     assert protocol.fold(1).gallery == [keys[(1, "RGB", 0)], keys[(2, "RGB", 0)]]
-    assert protocol.fold(2).probe == protocol.fold(3).probe == [
-        keys[(1, "thermal", 1)],
-        keys[(2, "thermal", 1)],
-    ]
+    assert (
+        protocol.fold(2).probe
+        == protocol.fold(3).probe
+        == [
+            keys[(1, "thermal", 1)],
+            keys[(2, "thermal", 1)],
+        ]
+    )
     assert protocol.fold(1).train == {
         "ir": [keys[(3, "thermal", 0)], keys[(3, "thermal", 1)]],
         "vis": [keys[(3, "RGB", 0)], keys[(3, "RGB", 1)]],
@@ -255,21 +261,43 @@ def test_cli(tmp_path, capsys):
     _arlvtf(root)
     parser = argparse.ArgumentParser()
     thermal.add_arguments(parser)
-    args = parser.parse_args(["--root", str(root), "--out", str(tmp_path / "a"), "--arlvtf", "--quiet"])
+    args = parser.parse_args(
+        ["--root", str(root), "--out", str(tmp_path / "a"), "--arlvtf", "--quiet"]
+    )
     assert thermal.run(args) == 0
     assert Protocol.load(tmp_path / "a").num_folds == 10
     args = parser.parse_args(
-        ["--root", str(root), "--out", str(tmp_path / "b"), "--arlvtf", "--sets", "G_VB0-,P_TB0", "--quiet"]
+        [
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "b"),
+            "--arlvtf",
+            "--sets",
+            "G_VB0-,P_TB0",
+            "--quiet",
+        ]
     )
     assert thermal.run(args) == 0
     assert Protocol.load(tmp_path / "b").fold_names == ["P_TB0|G_VB0-"]
     set_root = tmp_path / "set"
     _set_csv(set_root)
     args = parser.parse_args(
-        ["--root", str(set_root), "--out", str(tmp_path / "c"), "--csv", str(set_root / "sets.csv"),
-         "--pairs", "probe_day|gallery", "--quiet"]
+        [
+            "--root",
+            str(set_root),
+            "--out",
+            str(tmp_path / "c"),
+            "--csv",
+            str(set_root / "sets.csv"),
+            "--pairs",
+            "probe_day|gallery",
+            "--quiet",
+        ]
     )
     assert thermal.run(args) == 0
-    args = parser.parse_args(["--root", str(root), "--out", str(tmp_path / "d"), "--arlvtf", "--pairs", "a|b"])
+    args = parser.parse_args(
+        ["--root", str(root), "--out", str(tmp_path / "d"), "--arlvtf", "--pairs", "a|b"]
+    )
     assert thermal.run(args) == 2
     assert "--pairs and --name apply to --csv only" in capsys.readouterr().err

@@ -40,7 +40,12 @@ def _reference(sim, ql, gl, qc, gc, *, same_room, scope, cmc_kind):
         inp = pos.size / (pos[-1] + 1)
         rows.append((curve[:MAX_RANK], ap, inp))
     cmc = np.mean([r[0] for r in rows], axis=0)
-    return cmc, float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows])), len(rows)
+    return (
+        cmc,
+        float(np.mean([r[1] for r in rows])),
+        float(np.mean([r[2] for r in rows])),
+        len(rows),
+    )
 
 
 def _random_case(seed, num_q=40, num_g=30, num_ids=8):
@@ -59,7 +64,9 @@ def _random_case(seed, num_q=40, num_g=30, num_ids=8):
     "rules",
     [
         reid.SYSU_RULES,
-        reid.ReidRules("sysu-identity-scope", "identity", ((3, 2),), "identity", reid.SYSU_RULES.camera_of),
+        reid.ReidRules(
+            "sysu-identity-scope", "identity", ((3, 2),), "identity", reid.SYSU_RULES.camera_of
+        ),
         reid.REGDB_RULES,
     ],
     ids=["sysu", "sysu-identity-scope", "regdb"],
@@ -68,7 +75,13 @@ def test_metrics_match_brute_force_reference(seed, rules):
     sim, ql, gl, qc, gc = _random_case(seed)
     scores = reid.reid_scores(sim, ql, gl, qc, gc, rules=rules)
     cmc, mean_ap, mean_inp, valid = _reference(
-        sim, ql, gl, qc, gc, same_room=rules.same_room, scope=rules.same_room_scope,
+        sim,
+        ql,
+        gl,
+        qc,
+        gc,
+        same_room=rules.same_room,
+        scope=rules.same_room_scope,
         cmc_kind=rules.cmc,
     )
     assert scores.num_valid == valid
@@ -125,14 +138,22 @@ def test_ties_are_pessimistic_and_unmatched_queries_left_out():
     assert np.isnan(s.average_precision[1])
     # A cam3 query whose only match is in cam2 has no kept match either.
     s = reid.reid_scores(
-        np.array([[0.5, 0.1]]), np.array([1]), np.array([1, 2]), np.array([3]),
-        np.array([2, 1]), rules=reid.SYSU_RULES,
+        np.array([[0.5, 0.1]]),
+        np.array([1]),
+        np.array([1, 2]),
+        np.array([3]),
+        np.array([2, 1]),
+        rules=reid.SYSU_RULES,
     )
     assert s.num_valid == 0
     with pytest.raises(ValueError, match="no query has a"):
         reid.reid_metrics(
-            np.array([[0.5, 0.1]]), np.array([1]), np.array([1, 2]), np.array([3]),
-            np.array([2, 1]), rules=reid.SYSU_RULES,
+            np.array([[0.5, 0.1]]),
+            np.array([1]),
+            np.array([1, 2]),
+            np.array([3]),
+            np.array([2, 1]),
+            rules=reid.SYSU_RULES,
         )
 
 

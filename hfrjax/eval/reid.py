@@ -141,7 +141,11 @@ class ReidScores:
         """{"Rank-k": ..., "mAP": ..., "mINP": ...} as fractions."""
         curve = self.cmc(max(ranks))
         mean_ap, mean_inp = self.map_minp()
-        return {**{f"Rank-{r}": float(curve[r - 1]) for r in ranks}, "mAP": mean_ap, "mINP": mean_inp}
+        return {
+            **{f"Rank-{r}": float(curve[r - 1]) for r in ranks},
+            "mAP": mean_ap,
+            "mINP": mean_inp,
+        }
 
 
 def _identity_max(sim: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +235,7 @@ _MODALITY_WORDS = {
 
 
 def _role(protocol: Protocol, direction: str) -> str:
-    """"forward" (probe list -> gallery list) or "reverse" for a direction like
+    """ "forward" (probe list -> gallery list) or "reverse" for a direction like
     "thermal->visible", "ir->vis", "infrared->visible", "probe->gallery"."""
     parts = [p.strip().lower() for p in direction.split("->")]
     if len(parts) != 2:

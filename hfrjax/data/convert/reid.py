@@ -17,7 +17,8 @@ ICCV 2017)
     identities; gallery = one visible image per test identity and camera, drawn per trial
     (`sysu_gallery`: Python's ``random`` seeded with the trial number, exactly as the standard
     ``process_gallery_sysu`` draws it, so a trial's gallery is the one that code draws from the
-    same files), from cams 1, 2, 4, 5 ("all-search") or 1, 2 ("indoor-search")
+    same image files; that code also draws among stray non-image files in a folder, which are
+    not candidates here), from cams 1, 2, 4, 5 ("all-search") or 1, 2 ("indoor-search")
     (`SYSU_SEARCH_MODES`). Both modes are one protocol of ``2 x trials`` folds named
     ``all-search/1`` ... ``indoor-search/10``; fold ``<mode>/k`` uses seed ``first_seed + k - 1``.
     The same-room rule (a cam3 query ignores cam2 gallery images) and the identity-level CMC
@@ -223,7 +224,8 @@ def named_fold_warnings(warnings: Sequence[str], names: Sequence[str]) -> list[s
         else:
             merged.setdefault(m.group(2), []).append(names[int(m.group(1)) - 1])
     out = [
-        f"fold{'s' if len(folds) > 1 else ''} {show_some(folds)}: {msg}" for msg, folds in merged.items()
+        f"fold{'s' if len(folds) > 1 else ''} {show_some(folds)}: {msg}"
+        for msg, folds in merged.items()
     ]
     return out + rest
 

@@ -1,5 +1,7 @@
-"""Thermal-visible face sets -> hfrjax datasets with set-based protocols (one fold per probe set
-and gallery set pair, named "P_TB0|G_VB0-"; `hfrjax.data.protocol`).
+"""ARL-VTF and other thermal-visible face sets, as lists of named image sets -> hfrjax datasets.
+
+Their protocols are set-based: one fold per (probe set, gallery set) pair, named
+"P_TB0|G_VB0-" (`hfrjax.data.protocol`).
 
 `convert_arlvtf` reads ARL-VTF (DEVCOM Army Research Laboratory Visible-Thermal Face Dataset,
 Poster et al., "A Large-Scale, Time-Synchronized Visible and Thermal Face Dataset", WACV 2021;
@@ -86,7 +88,11 @@ ARLVTF_OPTIONAL_SETS = ("P_TP0", "P_TP-")
 ARLVTF_LIST_TEMPLATE = "protocols/{set}.txt"
 ARLVTF_TRAIN_LISTS = {"vis": "protocols/train_visible.txt", "ir": "protocols/train_thermal.txt"}
 ARLVTF_SPECTRUM = {"V": "vis", "T": "ir"}
-ARLVTF_EXPECTED = {"test_ids": 100, "train_ids": 295, "gallery_ids": {"G_VB0-": 100, "G_VB0+": 30}}
+ARLVTF_EXPECTED = {
+    "train_ids": 295,
+    "test_ids": {"G_VB0-": 100},
+    "gallery_ids": {"G_VB0-": 100, "G_VB0+": 30},
+}
 """ARL-VTF counts from its paper: 395 subjects, 295 development and 100 test; G_VB0+ holds the
 30 test subjects who wear glasses. Per fold (by the gallery set in the fold's name)."""
 
@@ -101,13 +107,14 @@ def arlvtf_set_modality(name: str) -> str:
     m = SET_NAME.match(name)
     if m is None:
         raise ValueError(
-            f"{name!r} is not an ARL-VTF set name <G|P>_<V|T><condition><eyewear: 0, +, ->, e.g. P_TB0, G_VB0-"
+            f"{name!r} is not an ARL-VTF set name <G|P>_<V|T><condition><eyewear: 0, +, -> "
+            "such as P_TB0 or G_VB0-"
         )
     return ARLVTF_SPECTRUM[m.group(2)]
 
 
 def set_role(name: str) -> str | None:
-    """"train" / "gallery" / "probe" from a set name (see the module docstring); None for ""."""
+    """ "train" / "gallery" / "probe" from a set name (see the module docstring); None for ""."""
     low = name.strip().lower()
     if not low:
         return None
@@ -270,7 +277,9 @@ class _Images:
             try:
                 path = full.resolve().relative_to(self.root.resolve()).as_posix()
             except ValueError:
-                raise ConversionError(f"{where}: {path} is not under the root {self.root}") from None
+                raise ConversionError(
+                    f"{where}: {path} is not under the root {self.root}"
+                ) from None
         parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
         if not parts or ".." in parts:
             raise ConversionError(f"{where}: {path!r} is not a relative file path")
