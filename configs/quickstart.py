@@ -26,71 +26,45 @@ Expected result (2-core x86_64 CPU, seed 0, 10 folds, NIR->VIS, mean ± std %), 
                                 Rank-1 38.17 ± 3.95
 """
 
-import ml_collections
+from hfrjax.tasks import default_config
 
 IMAGE_SIZE = 32
+MODEL = dict(
+    name="iresnet",
+    kwargs=dict(layers=(1, 1, 1, 1), base_width=16, embedding_dim=128, input_size=IMAGE_SIZE),
+)
 
 
-def _common() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.model = dict(
-        name="iresnet",
-        kwargs=dict(layers=[1, 1, 1, 1], base_width=16, embedding_dim=128, input_size=IMAGE_SIZE),
-    )
-    c.compute_dtype = "float32"
-    c.mesh = dict(data=-1, model=1)
-    c.log_every = 20
-    c.checkpoint_every = 200
-    c.keep_checkpoints = 2
-    c.init_from = ""
-    c.tensorboard = True
-    c.total_steps = 0
-    c.eval = dict(
-        data_dir="",
-        folds=None,
-        every_epochs=0,
-        batch_size=128,
-        best_metric="",
-        fars=[1e-3, 1e-2],
-        flip=False,
-    )
-    return c
-
-
-def get_config(arg: str = "pretrain") -> ml_collections.ConfigDict:
-    c = _common()
+def get_config(arg: str = "pretrain"):
     if arg == "pretrain":
-        c.num_epochs = 12
-        c.input = dict(
-            data_dir="",
-            batch_size=128,
-            image_size=[IMAGE_SIZE, IMAGE_SIZE],
-            num_threads=2,
-            seed=0,
-            augment=dict(hflip=True, channel_aug="red", channel_aug_p=0.5),
+        return default_config(
+            "classification",
+            model=MODEL,
+            log_every=20,
+            checkpoint_every=200,
+            keep_checkpoints=2,
+            num_epochs=12,
+            input=dict(
+                batch_size=128,
+                image_size=(IMAGE_SIZE, IMAGE_SIZE),
+                augment=dict(hflip=True, channel_aug="red", channel_aug_p=0.5),
+            ),
+            margin=dict(preset="cosface"),
+            schedule=dict(lr=0.1, boundaries_epochs=(8, 11), warmup_epochs=0.5),
         )
-        c.margin = dict(preset="cosface")
-        c.head = dict(init="random", freeze=False)
-        c.optimizer = dict(name="sgd", momentum=0.9, weight_decay=5e-4)
-        c.schedule = dict(
-            name="piecewise", lr=0.1, boundaries_epochs=[8, 11], factor=0.1, warmup_epochs=0.5
+    if arg == "finetune":
+        return default_config(
+            "rethink",
+            model=MODEL,
+            log_every=20,
+            checkpoint_every=200,
+            keep_checkpoints=2,
+            num_epochs=2,
+            input=dict(
+                batch_size=64, fold=1, image_size=(IMAGE_SIZE, IMAGE_SIZE), augment=dict(hflip=True)
+            ),
+            margin=dict(preset="rethinking_finetune"),  # CosFace s = 64, m = 0.6.
+            head=dict(init="class_means", freeze=True, class_means_bn="eval"),
+            schedule=dict(lr=0.01, boundaries_epochs=(1.5,)),
         )
-    elif arg == "finetune":
-        c.num_epochs = 2
-        c.input = dict(
-            data_dir="",
-            batch_size=64,
-            fold=1,
-            image_size=[IMAGE_SIZE, IMAGE_SIZE],
-            num_threads=2,
-            seed=0,
-            augment=dict(hflip=True),
-        )
-        c.margin = dict(s=64.0, m1=1.0, m2=0.0, m3=0.6)  # Rethinking fine-tuning margin.
-        c.head = dict(init="class_means", freeze=True, class_means_flip=True)
-        c.optimizer = dict(name="sgd", momentum=0.9, weight_decay=5e-4)
-        c.schedule = dict(name="piecewise", lr=0.01, boundaries_epochs=[1.5], factor=0.1)
-    else:
-        raise ValueError(f"configs/quickstart.py takes 'pretrain' or 'finetune', got {arg!r}")
-    return c
+    raise ValueError(f"configs/quickstart.py takes 'pretrain' or 'finetune', got {arg!r}")

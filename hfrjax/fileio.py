@@ -33,3 +33,30 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as f:
         f.write(text)
     return Path(path)
+
+
+class BadFileError(ValueError):
+    """A file that exists but cannot be read as what it should be; the message names it."""
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON value in ``path``; a missing, empty, truncated or non-UTF-8 file is an error
+    that names the file (and the line and column of a syntax error)."""
+    import json
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    if not raw.strip():
+        raise BadFileError(f"{path} is empty (0 bytes of JSON): was it cut short by a crash?")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BadFileError(f"{path} is not UTF-8 text (byte {e.start}): {e.reason}") from None
+    except json.JSONDecodeError as e:
+        raise BadFileError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+            "truncated or hand-edited?"
+        ) from None

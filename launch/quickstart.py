@@ -114,12 +114,7 @@ def main(argv):
         _say(f"[3/5] zero-shot evaluation present in {zero_path}")
     else:
         _say(f"[3/5] zero-shot NIR->VIS evaluation on folds {folds[0]}..{folds[-1]}")
-        embed_fn = trainer.make_embed_fn(
-            pre_result.backbone,
-            pre_result.state.params["backbone"],
-            pre_result.state.batch_stats,
-            pre_result.mesh,
-        )
+        embed_fn = pre_result.embedder
         zero = protocols.evaluate_protocol(
             embed_fn,
             target,
@@ -138,7 +133,7 @@ def main(argv):
         ft.input.fold = k
         ft.init_from = str(work / "pretrain")
         ft.eval.data_dir = target
-        ft.eval.folds = [k]
+        ft.eval.folds = (k,)
         if _FINETUNE_EPOCHS.value:
             ft.num_epochs = _FINETUNE_EPOCHS.value
         _apply_overrides(ft, _SET_FT.value)
@@ -179,9 +174,9 @@ def main(argv):
             "zero_shot": zero,
             "fine_tuned": tuned,
             "partial_fold1": partial,
-            "wall_seconds_this_run": elapsed,
         },
     )
+    _write_json(work / "timing.json", {"wall_seconds_this_run": elapsed})
     header = (
         f"NIR->VIS on synthetic target set, {len(folds)} folds, mean ± std (%); "
         f"this run took {elapsed:.0f} s\n\n"

@@ -17,6 +17,7 @@ from conftest import write_tiny_dataset
 from hfrjax.data.dataset import Dataset
 from hfrjax.train import checkpoint as ckpt_lib
 from hfrjax.train import reporting, trainer
+from hfrjax.train import export as export_lib
 from hfrjax.train.export import load_embedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,13 +105,11 @@ def test_resume_after_kill_gives_the_same_losses(data, trained, tmp_path):
 
 def test_export_embeds_like_the_training_state(data, trained, tmp_path):
     work, result = trained
-    out = trainer.export_from_workdir(str(work), str(tmp_path / "export"))
+    out = export_lib.export_from_workdir(str(work), str(tmp_path / "export"))
     embedder = load_embedder(out)
     assert json.loads((out / "model.json").read_text())["model"]["name"] == "iresnet"
     images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-    want = trainer.make_embed_fn(
-        result.backbone, result.state.params["backbone"], result.state.batch_stats, result.mesh
-    )(images)
+    want = result.embedder(images)
     np.testing.assert_allclose(embedder(images), want, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match=r"shape \[N, 16, 16, 3\]"):
@@ -119,12 +118,14 @@ def test_export_embeds_like_the_training_state(data, trained, tmp_path):
 
 def test_mec_head_is_class_means_and_stays_frozen(data, trained, tmp_path):
     work, _ = trained
-    export = trainer.export_from_workdir(str(work), str(tmp_path / "export"))
+    export = export_lib.export_from_workdir(str(work), str(tmp_path / "export"))
     cfg = tiny_config(
         data,
         **{
+            "task": "rethink",
             "init_from": str(export),
             "head.init": "class_means",
+            "head.class_means_bn": "eval",
             "head.freeze": True,
             "head.class_means_flip": True,
             "input.fold": None,
@@ -168,10 +169,16 @@ def test_checkpoint_that_does_not_fit_the_model(data, trained):
 
 
 def test_config_typos_are_errors(data, tmp_path):
-    with pytest.raises(ValueError, match="unknown margin option"):
+    with pytest.raises(ValueError, match=r"unknown key 'margin.mm'; did you mean 'm1'"):
         trainer.train(tiny_config(data, **{"margin.mm": 0.5}), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="head.init"):
         trainer.train(tiny_config(data, **{"head.init": "means"}), str(tmp_path / "y"))
+    with pytest.raises(ValueError, match=r"unknown key 'optimizer.weight_decy'; did you mean 'weight_decay'"):
+        trainer.train(tiny_config(data, **{"optimizer.weight_decy": 0.1}), str(tmp_path / "z"))
+    with pytest.raises(ValueError, match=r"unknown key 'schedule.boundary_epochs'; did you mean 'boundaries_epochs'"):
+        trainer.train(tiny_config(data, **{"schedule.boundary_epochs": (1,)}), str(tmp_path / "w"))
+    with pytest.raises(ValueError, match=r"unknown key 'checkpoint_evry'; did you mean 'checkpoint_every'"):
+        trainer.train(tiny_config(data, **{"checkpoint_evry": 3}), str(tmp_path / "v"))
 
 
 _SHARDED = textwrap.dedent("""
@@ -181,6 +188,8 @@ _SHARDED = textwrap.dedent("""
   from hfrjax import models
   from hfrjax.losses import MarginConfig
   from hfrjax.train import mesh as M, state as S, step as St
+  from hfrjax.tasks import classification as C
+  from hfrjax.train.task import Optimizer
   bb = models.get_model("iresnet", layers=[1, 1, 1, 1], base_width=4, input_size=16,
                         embedding_dim=16)
   p, bs = S.init_backbone(bb, jax.random.key(0))
@@ -190,13 +199,16 @@ _SHARDED = textwrap.dedent("""
   batches = [{"image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
               "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
   tx = optax.sgd(0.1, momentum=0.9)
-  loss_fn = St.classification_loss(bb, MarginConfig(m2=0.5))
+  opts = {"main": Optimizer(("backbone", "head"), tx)}
+  def state0(p):
+    return S.create_state(p, {"batch_stats": bs}, opts, jax.random.key(2))
+  spec = C.classification_step(bb, MarginConfig(m2=0.5))
   def run(mesh):
-    st = jax.device_put(S.create_state(params, bs, tx, jax.random.key(2)), M.replicated(mesh))
-    step = St.make_train_step(loss_fn, tx, mesh)
+    st = jax.device_put(state0(params), M.replicated(mesh))
+    step = St.make_train_step(spec, opts, mesh)
     losses, after_first = [], None
     for b in batches:
-      st, m = step(st, {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()})
+      st, m = step(st, {"train": {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()}})
       losses.append(float(m["loss"]))
       if after_first is None:  # Compare parameters after one step: later steps amplify
         after_first = jax.device_get((st.params, st.batch_stats))  # reduction-order noise.
@@ -212,16 +224,15 @@ _SHARDED = textwrap.dedent("""
   mesh = M.make_mesh(2, 4)
   padded = dict(params, head={"weight": np.concatenate(
       [params["head"]["weight"], np.ones((2, 16), np.float32)])})
-  sh_loss = St.classification_loss(bb, MarginConfig(m2=0.5),
-                                   sharded_head=St.ShardedHead(mesh, 10))
-  st = S.create_state(padded, bs, tx, jax.random.key(2))
+  sh_spec = C.classification_step(bb, MarginConfig(m2=0.5), C.ShardedHead(mesh, 10))
+  st = state0(padded)
   shard = M.state_sharding(st, mesh, shard_head=True)
   assert shard.params["head"]["weight"].spec == jax.sharding.PartitionSpec("model", None)
   st = jax.device_put(st, shard)
-  step = St.make_train_step(sh_loss, tx, mesh, state_sharding=shard)
+  step = St.make_train_step(sh_spec, opts, mesh, state_sharding=shard)
   losses = []
   for i, b in enumerate(batches):
-    st, m = step(st, {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()})
+    st, m = step(st, {"train": {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()}})
     losses.append(float(m["loss"]))
     if i == 0:
       w = np.asarray(st.params["head"]["weight"])
@@ -230,14 +241,13 @@ _SHARDED = textwrap.dedent("""
   np.testing.assert_allclose(losses, ref[0], rtol=2e-5)
   assert st.params["head"]["weight"].sharding.spec == jax.sharding.PartitionSpec("model", None)
   # Partial FC: rows outside each step's sample keep their value and momentum.
-  pfc = St.classification_loss(bb, MarginConfig(m2=0.5),
-                               sharded_head=St.ShardedHead(mesh, 10, sample_rate=0.5))
-  st = jax.device_put(S.create_state(padded, bs, tx, jax.random.key(2)), shard)
-  step = St.make_train_step(pfc, tx, mesh, state_sharding=shard)
+  pfc = C.classification_step(bb, MarginConfig(m2=0.5), C.ShardedHead(mesh, 10, sample_rate=0.5))
+  st = jax.device_put(state0(padded), shard)
+  step = St.make_train_step(pfc, opts, mesh, state_sharding=shard)
   b = {"image": batches[0]["image"][:8], "label": np.array([0, 1, 0, 1, 0, 1, 0, 1], np.int32)}
   w0 = np.asarray(st.params["head"]["weight"])
-  st, m = step(st, {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()})
-  w1, mom = np.asarray(st.params["head"]["weight"]), np.asarray(st.opt_state[0].trace["head"]["weight"])
+  st, m = step(st, {"train": {k: jax.device_put(v, M.batch_sharding(mesh)) for k, v in b.items()}})
+  w1, mom = np.asarray(st.params["head"]["weight"]), np.asarray(st.opt_states["main"][0].trace["head"]["weight"])
   moved = (w1 != w0).any(1)
   assert np.isfinite(float(m["loss"])) and moved[:2].all(), moved
   assert moved.sum() <= 4 * 2, moved  # At most 2 sampled rows in each of the 4 shards.

@@ -76,7 +76,7 @@ Paper numbers to expect, BUAA, TAR@FAR=10^-4 in %:
     (no fine-tune: 96.73 on BUAA, Table 3's MFN "+red" value).
 """
 
-from hfrjax.recipes import rethink_real
+from hfrjax.recipes.rethink import real as rethink_real
 
 
 def get_config(arg: str | None = None):

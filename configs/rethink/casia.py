@@ -70,7 +70,7 @@ Paper numbers to expect, CASIA 2.0 † (fold 1), TAR@FAR=10^-4 in %:
     (no fine-tune: 95.75 on CASIA 2.0, Table 3's MFN "+red" value).
 """
 
-from hfrjax.recipes import rethink_real
+from hfrjax.recipes.rethink import real as rethink_real
 
 
 def get_config(arg: str | None = None):

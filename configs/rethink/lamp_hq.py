@@ -71,7 +71,7 @@ Paper numbers to expect, LAMP-HQ † (fold 1), TAR@FAR=10^-4 in %:
     cannot be told from the text. (No fine-tune: 88.68 on LAMP-HQ, Table 3's MFN "+red" value.)
 """
 
-from hfrjax.recipes import rethink_real
+from hfrjax.recipes.rethink import real as rethink_real
 
 
 def get_config(arg: str | None = None):

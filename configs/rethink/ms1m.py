@@ -46,7 +46,7 @@ the "no fine-tune" row of Table 7. The paper pretrains on MS1Mv3 (93k identities
 Table 1); this config reads whatever MS1M version was converted to {data_root}/ms1m.
 """
 
-from hfrjax.recipes import rethink_real
+from hfrjax.recipes.rethink import real as rethink_real
 
 
 def get_config(arg: str | None = None):

@@ -74,7 +74,7 @@ Paper numbers to expect, Oulu-CASIA, TAR@FAR=10^-4 in %:
     (no fine-tune: 88.36 on Oulu-CASIA, Table 3's MFN "+red" value).
 """
 
-from hfrjax.recipes import rethink_real
+from hfrjax.recipes.rethink import real as rethink_real
 
 
 def get_config(arg: str | None = None):

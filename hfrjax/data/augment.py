@@ -137,13 +137,12 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AugmentConfig":
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
+        if isinstance(d, cls):
+            return d
+        d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
+        from hfrjax.config import check_keys
+
+        check_keys(d, {f.name for f in dataclasses.fields(cls)}, "input.augment")
         for k in ("erasing_area", "erasing_ratio", "occlude_area", "occlude_ratio"):
             if k in d:
                 d[k] = tuple(d[k])

@@ -62,7 +62,9 @@ class DatasetInfo:
                 f"{path} not found: {directory} is not an hfrjax dataset "
                 "directory (generate one with `hfrjax synth` or `hfrjax convert`)"
             )
-        d = json.loads(path.read_text(encoding="utf-8"))
+        from hfrjax.fileio import read_json
+
+        d = read_json(path)
         d.pop("num_classes", None)
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
@@ -88,7 +90,12 @@ class RecordTable:
         return len(self.offset)
 
     @classmethod
-    def load(cls, shard_paths: Sequence[str | os.PathLike]) -> "RecordTable":
+    def load(cls, shard_paths: Sequence[str | os.PathLike], where: str = "") -> "RecordTable":
+        if not shard_paths:
+            raise ValueError(
+                f"{where or 'the dataset'} lists no shards: it holds no records to read "
+                "(was the conversion interrupted before writing any shard?)"
+            )
         indexes = [tfrecord.ShardIndex.load(p) for p in shard_paths]
         return cls(
             shard_paths=[str(p) for p in shard_paths],
@@ -145,7 +152,7 @@ class Dataset:
                 f"{len(missing)} shard(s) listed in {directory / INFO_FILE} are "
                 f"missing, e.g. {missing[:3]}"
             )
-        records = RecordTable.load(paths)
+        records = RecordTable.load(paths, where=str(directory / INFO_FILE))
         if len(records) != info.num_images:
             raise ValueError(
                 f"{directory}: index sidecars list {len(records)} records but "

@@ -197,12 +197,9 @@ class JointSource:
         if not isinstance(d, dict):
             raise ValueError(f"a joint source must be a dict with data_dir etc., got {d!r}")
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"unknown joint source option(s) {sorted(unknown)} in {d}; known: {sorted(known)}"
-            )
+        from hfrjax.config import check_keys
+
+        check_keys(d, {f.name for f in dataclasses.fields(cls)}, "input.joint[]")
         if "data_dir" not in d:
             raise ValueError(f"joint source {d} has no data_dir")
         d["data_dir"] = str(d["data_dir"])
@@ -216,8 +213,8 @@ class JointSource:
 class InputConfig:
     """Everything that decides the stream of training batches."""
 
-    data_dir: str
-    batch_size: int  # Global batch size (all processes together).
+    data_dir: str = ""
+    batch_size: int = 128  # Global batch size (all processes together).
     keys: tuple[str, ...] | None = None  # Restrict to these sample keys.
     fold: int | None = None  # Restrict to the training keys of this protocol fold (1-based).
     modalities: tuple[str, ...] | None = None  # Restrict to these modalities.
@@ -277,11 +274,12 @@ class InputConfig:
     @classmethod
     def from_dict(cls, d: Any) -> "InputConfig":
         """From a dict or ml_collections.ConfigDict; unknown keys are an error (typos)."""
+        if isinstance(d, cls):
+            return d
         d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown input option(s) {sorted(unknown)}; known: {sorted(known)}")
+        from hfrjax.config import check_keys
+
+        check_keys(d, {f.name for f in dataclasses.fields(cls)}, "input")
         d["augment"] = augment_lib.AugmentConfig.from_dict(d.get("augment"))
         for k in ("keys", "modalities", "image_size"):
             if d.get(k) is not None:

@@ -99,7 +99,9 @@ class Protocol:
         meta_path = d / "protocol.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path} not found: dataset {dataset_dir} has no protocol")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        from hfrjax.fileio import read_json
+
+        meta = read_json(meta_path)
         g, p = meta["gallery_modality"], meta["probe_modality"]
         folds = []
         for k in range(1, meta["num_folds"] + 1):
@@ -123,4 +125,15 @@ def _write_list(path: Path, keys: Sequence[str]) -> None:
 def _read_list(path: Path) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"protocol list {path} is missing")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"protocol list {path}, line {n}: not UTF-8 (byte {e.start} of the line, "
+                f"{raw[e.start:e.start + 1]!r}); keys must be UTF-8 text"
+            ) from None
+        if line:
+            out.append(line)
+    return out

@@ -25,7 +25,8 @@ import numpy as np
 from hfrjax.data import pipeline
 from hfrjax.data.dataset import Dataset
 from hfrjax.data.protocol import Fold, Protocol
-from hfrjax.eval import metrics
+from hfrjax.eval import embedding, metrics
+from hfrjax.eval.embedding import l2_normalize
 
 EmbedFn = Callable[[np.ndarray], Any]  # uint8 images [B, H, W, C] -> embeddings [B, D].
 ImageTransform = Callable[[np.ndarray], np.ndarray]  # uint8 [B, H, W, C] -> same shape.
@@ -33,22 +34,6 @@ ImageTransform = Callable[[np.ndarray], np.ndarray]  # uint8 [B, H, W, C] -> sam
 
 # --------------------------------------------------------------------------------------------
 # Embedding.
-
-
-def _embed_batch(embed_fn: EmbedFn, images: np.ndarray) -> np.ndarray:
-    out = np.asarray(embed_fn(images), np.float32)
-    if out.ndim != 2 or out.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"embed_fn must map images {images.shape} to embeddings "
-            f"[{images.shape[0]}, D], got shape {out.shape}"
-        )
-    return out
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm (all-zero rows stay zero)."""
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def embed_keys(
@@ -65,48 +50,22 @@ def embed_keys(
 ) -> np.ndarray:
     """L2-normalised embeddings [N, D] of the given sample keys, in order.
 
-    ``embed_fn`` always sees full batches of ``batch_size`` uint8 images (the last one padded,
-    so a jitted model compiles once); padding rows are dropped. ``transform`` (e.g. an
-    occlusion) is applied to the uint8 batch first; ``flip_fuse`` adds the embedding of the
-    horizontally flipped images before normalising, the usual test-time augmentation.
+    ``embed_fn`` (``fn(images)`` or ``fn(images, modality)``) always sees full batches of
+    ``batch_size`` uint8 images (the last one padded, so a jitted model compiles once);
+    ``transform`` (e.g. an occlusion) is applied first; ``flip_fuse`` adds the mirrored
+    images' embeddings before normalising. See `hfrjax.eval.embedding`.
     """
-    keys = list(keys)
-    if not keys:
-        raise ValueError("embed_keys got no keys")
-    parts, done = [], 0
-    for batch in pipeline.iter_eval_batches(
-        dataset, keys, batch_size, image_size=image_size, channels=channels, num_threads=num_threads
-    ):
-        images = batch["image"]
-        if transform is not None:
-            transformed = np.asarray(transform(images))
-            if transformed.shape != images.shape:
-                raise ValueError(
-                    f"transform changed the batch shape {images.shape} to {transformed.shape}"
-                )
-            images = transformed
-        emb = _embed_batch(embed_fn, images)
-        if flip_fuse:
-            flipped = _embed_batch(embed_fn, np.ascontiguousarray(images[:, :, ::-1]))
-            if flipped.shape != emb.shape:
-                raise ValueError(
-                    f"embed_fn gave {emb.shape} and {flipped.shape} for a batch and its flip"
-                )
-            emb = emb + flipped
-        valid = np.asarray(batch["valid"], bool)
-        emb = emb[valid]
-        if not np.isfinite(emb).all():
-            bad = np.nonzero(~np.isfinite(emb).all(axis=1))[0]
-            raise ValueError(
-                f"embed_fn returned non-finite embeddings, e.g. for key "
-                f"{keys[done + int(bad[0])]!r}"
-            )
-        done += emb.shape[0]
-        parts.append(emb)
-    out = np.concatenate(parts)
-    if out.shape[0] != len(keys):
-        raise RuntimeError(f"embedded {out.shape[0]} images for {len(keys)} keys")
-    return l2_normalize(out)
+    return embedding.embed_records(
+        embed_fn,
+        dataset,
+        keys,
+        batch_size,
+        image_size=image_size,
+        channels=channels,
+        flip=flip_fuse,
+        transform=transform,
+        num_threads=num_threads,
+    )
 
 
 # --------------------------------------------------------------------------------------------

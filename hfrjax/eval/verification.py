@@ -31,6 +31,7 @@ import numpy as np
 
 from hfrjax.data import augment
 from hfrjax.data.verification_pack import PackError, load_pack
+from hfrjax.eval import embedding
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -59,10 +60,8 @@ def kfold_splits(n: int, nfolds: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm; zero rows stay zero (``sklearn.preprocessing.normalize``)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms == 0, 1.0, norms)
+    """Rows scaled to unit norm in float64 (zero rows stay zero)."""
+    return embedding.l2_normalize(x, dtype=np.float64)
 
 
 def pair_distances(embeddings: np.ndarray) -> np.ndarray:
@@ -113,42 +112,12 @@ def embed_images(
     batch_size: int = 64,
     flip: bool = False,
 ) -> np.ndarray:
-    """Embeddings [N, D] of uint8 images [N, H, W, 3] in batches of ``batch_size`` (the last
-    padded, so a jitted ``embed_fn`` sees one shape); with ``flip``, the sum of each image's
-    and its mirror's embeddings."""
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
-    return _embed_batches(embed_fn, lambda s: images[s], len(images), batch_size, flip, "images")
-
-
-def _embed_batches(embed_fn, get, n: int, batch_size: int, flip: bool, what: str) -> np.ndarray:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out = []
-    for start in range(0, n, batch_size):
-        batch = np.asarray(get(slice(start, min(start + batch_size, n))))
-        b = len(batch)
-        if b < batch_size:
-            pad = np.zeros((batch_size - b, *batch.shape[1:]), batch.dtype)
-            batch = np.concatenate([batch, pad])
-        emb = _call(embed_fn, batch, what, start)
-        if flip:
-            emb = emb + _call(embed_fn, np.ascontiguousarray(batch[:, :, ::-1]), what, start)
-        out.append(emb[:b])
-    return np.concatenate(out)
-
-
-def _call(embed_fn, batch: np.ndarray, what: str, start: int) -> np.ndarray:
-    emb = np.asarray(embed_fn(batch), dtype=np.float64)
-    if emb.ndim != 2 or emb.shape[0] != len(batch):
-        raise ValueError(
-            f"embed_fn returned shape {emb.shape} for a batch of {len(batch)} {what} "
-            f"(from index {start}); expected [{len(batch)}, D]"
-        )
-    if not np.isfinite(emb).all():
-        raise ValueError(f"embed_fn returned non-finite values for {what} from index {start}")
-    return emb
+    """L2-normalised embeddings [N, D] of uint8 images [N, H, W, 3] in batches of
+    ``batch_size`` (the last padded, so a jitted ``embed_fn`` sees one shape); with ``flip``,
+    of the sum of each image's and its mirror's embeddings (`hfrjax.eval.embedding`)."""
+    return embedding.embed_batches(
+        embed_fn, embedding.array_batches(np.asarray(images), batch_size), flip=flip
+    )
 
 
 def verification_accuracy(
@@ -234,7 +203,12 @@ def evaluate_pack(
                 raise PackError(f"{path}: image {i} cannot be decoded ({e})") from e
         return np.stack(out)
 
-    emb = _embed_batches(embed_fn, decode, len(images), batch_size, flip, f"images of {path}")
+    def batches():
+        for start in range(0, len(images), batch_size):
+            x = decode(slice(start, min(start + batch_size, len(images))))
+            yield from embedding.array_batches(x, batch_size)
+
+    emb = embedding.embed_batches(embed_fn, batches(), flip=flip)
     result = verification_accuracy(emb, issame, nfolds)
     result["pack"] = str(path)
     return result

@@ -68,6 +68,32 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
+    def latest_readable_step(self, say=logging.warning) -> int | None:
+        """The newest step whose metadata and state metadata can be read.
+
+        A zero-byte or truncated file in the newest checkpoint (a full disk, a copy cut short)
+        must not block resuming: older checkpoints are tried in turn, and ``say`` explains
+        which step was skipped and why.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self._mngr.item_metadata(step)
+                self.restore_meta(step)
+                return step
+            except Exception as e:  # noqa: BLE001 - any unreadable file means "skip it".
+                say(
+                    f"checkpoint {self.directory / str(step)} is unreadable "
+                    f"({type(e).__name__}: {str(e)[:200]}); trying an older one"
+                )
+        return None
+
+    def check_for_errors(self) -> None:
+        """Raises now the error of an async save that failed (e.g. disk full), naming it."""
+        try:
+            self._mngr.check_for_errors()
+        except Exception as e:
+            raise OSError(f"saving a checkpoint to {self.directory} failed: {e}") from e
+
     def all_steps(self) -> list[int]:
         return list(self._mngr.all_steps())
 
@@ -127,7 +153,7 @@ class Checkpointer:
     def _check_fits(self, step: int, template: Any) -> None:
         """Raises CheckpointMismatchError listing every model array missing or mis-shaped.
 
-        Compares the model's ``params`` and ``batch_stats`` (plain nested dicts on both sides)
+        Compares ``params``, ``model_state`` and ``extra`` (plain nested dicts on both sides)
         with the checkpoint's metadata, so the error names the layers at fault instead of
         surfacing as an opaque restore failure.
         """
@@ -136,7 +162,7 @@ class Checkpointer:
             return
         template = flax.serialization.to_state_dict(template)
         problems = []
-        for part in ("params", "batch_stats"):
+        for part in ("params", "model_state", "extra"):
             problems += shape_problems(template.get(part, {}), stored.get(part, {}) or {}, part)
         if problems:
             raise CheckpointMismatchError(
@@ -194,6 +220,8 @@ class PreemptionGuard:
         self._event = threading.Event()
         self._signals = signals
         self._previous: dict[int, Any] = {}
+        # Once everything is saved (the final evaluation), a signal stops at once instead.
+        self.raise_on_signal = False
 
     def __enter__(self) -> "PreemptionGuard":
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
@@ -202,8 +230,15 @@ class PreemptionGuard:
         return self
 
     def _handler(self, signum, frame) -> None:
-        logging.warning("received signal %d: will save a checkpoint and stop", signum)
         self._event.set()
+        if self.raise_on_signal:
+            from hfrjax.train.trainer import Preempted
+
+            raise Preempted(
+                f"received signal {signum} after the last step was saved: stopping; rerun to "
+                "finish the final evaluation"
+            )
+        logging.warning("received signal %d: will save a checkpoint and stop", signum)
 
     def should_stop(self, step: int) -> bool:
         if jax.process_count() > 1:

@@ -6,38 +6,74 @@ epochs 10, 18, 22), converted to steps with the pipeline's steps per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import jax
 import optax
 
+from hfrjax.config import Section
 from hfrjax.losses import freeze
 
 
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig(Section):
+    """Learning rate in epochs, as the papers state it (module docstring)."""
+
+    name: str = "piecewise"  # piecewise | cosine | poly | constant
+    lr: float = 0.1
+    warmup_epochs: float = 0.0  # Linear warm-up from 0.
+    boundaries_epochs: tuple[float, ...] = ()  # piecewise: multiply by ``factor`` at each.
+    factor: float = 0.1
+    end_lr: float = 0.0  # cosine / poly
+    power: float = 2.0  # poly
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(Section):
+    """SGD decay is coupled (added to the gradient, as torch.optim.SGD and arcface_torch);
+    AdamW's is decoupled."""
+
+    name: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_bn_and_bias: bool = True  # False: decay only kernels (ndim > 1).
+    clip_norm: float = 0.0  # Global-norm clipping; 0 = off.
+    accumulate_steps: int = 1  # k > 1: one update per k batches with the mean gradient.
+    b1: float = 0.9  # adamw
+    b2: float = 0.999  # adamw
+
+
 def make_schedule(cfg: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    cfg = ScheduleConfig.from_config(cfg, "schedule").to_dict()
+    return _make_schedule(cfg, steps_per_epoch, total_steps)
+
+
+def _make_schedule(cfg: dict, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """``cfg``: {name: piecewise|cosine|poly|constant, lr, warmup_epochs, ...}.
 
     piecewise: ``boundaries_epochs`` (e.g. [10, 18, 22]) and ``factor`` (0.1);
     cosine: decays to ``end_lr`` (default 0) after warm-up; poly: power ``power`` (2).
     """
-    name = cfg.get("name", "constant")
+    name = cfg["name"]
     lr = float(cfg["lr"])
-    warmup = int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
+    warmup = int(round(float(cfg["warmup_epochs"]) * steps_per_epoch))
     if name == "piecewise":
-        factor = float(cfg.get("factor", 0.1))
-        bounds = {int(round(e * steps_per_epoch)): factor for e in cfg.get("boundaries_epochs", ())}
+        factor = float(cfg["factor"])
+        bounds = {int(round(e * steps_per_epoch)): factor for e in cfg["boundaries_epochs"]}
         main = optax.piecewise_constant_schedule(
             lr, {b - warmup: f for b, f in bounds.items() if b > warmup}
         )
     elif name == "cosine":
         main = optax.cosine_decay_schedule(
-            lr, max(1, total_steps - warmup), alpha=float(cfg.get("end_lr", 0.0)) / lr
+            lr, max(1, total_steps - warmup), alpha=float(cfg["end_lr"]) / lr
         )
     elif name == "poly":
         main = optax.polynomial_schedule(
             lr,
-            float(cfg.get("end_lr", 0.0)),
-            float(cfg.get("power", 2.0)),
+            float(cfg["end_lr"]),
+            float(cfg["power"]),
             max(1, total_steps - warmup),
         )
     elif name == "constant":
@@ -60,12 +96,13 @@ def make_optimizer(
     """``cfg``: {name: sgd|adamw, momentum, nesterov, weight_decay, decay_bn_and_bias,
     clip_norm (0 = off), accumulate_steps (k > 1: optax.MultiSteps)}. SGD decay is coupled (added to the gradient, as torch.optim.SGD and
     arcface_torch); AdamW's is decoupled. ``frozen`` path prefixes get exactly zero updates."""
-    name = cfg.get("name", "sgd")
-    wd = float(cfg.get("weight_decay", 0.0))
-    decay_all = bool(cfg.get("decay_bn_and_bias", True))
+    cfg = OptimizerConfig.from_config(cfg, "optimizer").to_dict()
+    name = cfg["name"]
+    wd = float(cfg["weight_decay"])
+    decay_all = bool(cfg["decay_bn_and_bias"])
     mask = lambda p: _decay_mask(p, decay_all)  # noqa: E731
     parts = []
-    if float(cfg.get("clip_norm", 0.0)) > 0:
+    if float(cfg["clip_norm"]) > 0:
         parts.append(optax.clip_by_global_norm(float(cfg["clip_norm"])))
     if name == "sgd":
         if wd:
@@ -73,16 +110,16 @@ def make_optimizer(
         parts.append(
             optax.sgd(
                 schedule,
-                momentum=float(cfg.get("momentum", 0.9)) or None,
-                nesterov=bool(cfg.get("nesterov", False)),
+                momentum=float(cfg["momentum"]) or None,
+                nesterov=bool(cfg["nesterov"]),
             )
         )
     elif name == "adamw":
         parts.append(
             optax.adamw(
                 schedule,
-                b1=float(cfg.get("b1", 0.9)),
-                b2=float(cfg.get("b2", 0.999)),
+                b1=float(cfg["b1"]),
+                b2=float(cfg["b2"]),
                 weight_decay=wd,
                 mask=mask,
             )
@@ -91,6 +128,6 @@ def make_optimizer(
         raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
     tx = optax.chain(*parts)
     tx = freeze(tx, list(frozen)) if frozen else tx
-    k = int(cfg.get("accumulate_steps", 1) or 1)
+    k = int(cfg["accumulate_steps"] or 1)
     # Gradient accumulation: the mean gradient of k batches, one update every k steps.
     return optax.MultiSteps(tx, every_k_schedule=k) if k > 1 else tx

@@ -54,12 +54,15 @@ class MetricWriter:
     Only process 0 writes. TensorBoard events come from tensorboardX (no TensorFlow).
     """
 
-    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(
+        self, workdir: str | os.PathLike, tensorboard: bool = True, resume_step: int = 0
+    ):
         self._active = jax.process_index() == 0
         self._path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if self._active:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._truncate_after(resume_step)
             if tensorboard:
                 try:
                     from tensorboardX import SummaryWriter
@@ -67,6 +70,24 @@ class MetricWriter:
                     self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
                 except ImportError:  # pragma: no cover
                     logging.warning("tensorboardX not installed: no TensorBoard events")
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: drop their old lines, so
+        ``metrics.jsonl`` holds each step once (as the resumed run computed it)."""
+        if not self._path.exists():
+            return
+        lines = self._path.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except ValueError:  # A line cut by a crash.
+                continue
+        if len(keep) != len(lines):
+            from hfrjax.fileio import write_text_atomic
+
+            write_text_atomic(self._path, "".join(keep))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self._active:

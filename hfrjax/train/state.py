@@ -1,7 +1,11 @@
-"""The train state and how a face model (backbone + normalised classifier head) is built.
+"""The general train state, and how a backbone and a normalised classifier head are built.
 
-Parameters are ``{"backbone": ..., "head": {"weight": [C, D]}}``: the head is one matrix of
-class rows (the layout MEC and SSC write into), used by the margin losses in hfrjax.losses.
+``params`` is a dict of named parameter groups (e.g. ``{"backbone", "head"}``, or
+``{"network", "masks", "critic"}``); each optimizer of a task owns some groups, and its state
+sits in ``opt_states[name]`` with its update count in ``updates[name]``. ``model_state``
+holds the non-trainable collections (``{"batch_stats": ...}``); ``extra`` is a task-owned
+pytree of arrays (pseudo-labels, anchors, PCA bases, class centres). Everything is saved
+and restored exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hfrjax import models
 
@@ -23,10 +26,16 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
+    params: dict
+    model_state: dict
+    opt_states: dict
+    updates: dict
+    extra: Any
     rng: jax.Array
+
+    @property
+    def batch_stats(self) -> Any:
+        return self.model_state.get("batch_stats", {})
 
 
 def build_backbone(model_cfg: Any, *, compute_dtype: str = "float32", **overrides) -> nn.Module:
@@ -60,13 +69,33 @@ def init_head(rng: jax.Array, num_classes: int, dim: int, rows: np.ndarray | Non
 
 
 def create_state(
-    params: Any, batch_stats: Any, tx: optax.GradientTransformation, rng: jax.Array
+    params: dict,
+    model_state: dict,
+    optimizers: dict,
+    rng: jax.Array,
+    extra: Any = None,
 ) -> TrainState:
+    """A fresh state; ``optimizers`` maps names to `hfrjax.train.task.Optimizer` s."""
+    owned: dict[str, str] = {}
+    for name, opt in optimizers.items():
+        for g in opt.groups:
+            if g not in params:
+                raise ValueError(
+                    f"optimizer {name!r} owns parameter group {g!r}, which does not exist; "
+                    f"groups: {sorted(params)}"
+                )
+            if g in owned:
+                raise ValueError(f"parameter group {g!r} is owned by {owned[g]!r} and {name!r}")
+            owned[g] = name
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
+        params=dict(params),
+        model_state=dict(model_state),
+        opt_states={
+            n: o.tx.init({g: params[g] for g in o.groups}) for n, o in optimizers.items()
+        },
+        updates={n: jnp.zeros((), jnp.int32) for n in optimizers},
+        extra={} if extra is None else extra,
         rng=rng,
     )
 

@@ -1,7 +1,8 @@
-"""Recipe: "Rethinking the domain gap in NIR-VIS face recognition" (SPEC.md section 1).
+"""Config builders for every setting of "Rethinking the domain gap in NIR-VIS face recognition".
 
 What the paper is, in terms of the core (nothing here trains by itself; these functions build
-`hfrjax.train.trainer.train` configs, and configs/rethink/*.py are thin wrappers):
+`hfrjax.train.trainer.train` configs for the ``classification`` and ``rethink`` tasks, and
+configs/rethink/*.py are thin wrappers):
 
 * Pretraining on VIS data with a margin-softmax classifier (`pretrain_config`), variants:
   ``base``; ``red`` (+ red-channel augmentation: x' = [R, R, R] with p = 0.5,
@@ -27,7 +28,7 @@ from typing import Any
 
 import ml_collections
 
-# The paper's settings (section 4.1 and the authors' code, per SPEC.md).
+# The paper's settings (section 4.1 and the authors' released code).
 PAPER = {
     "image_size": 112,
     "pretrain": {
@@ -146,30 +147,24 @@ def _image_size(scale: str, model: dict) -> int:
     return SCALES[scale]["image_size"]
 
 
-def _common(seed: int) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+def _common(task: str, seed: int) -> ml_collections.ConfigDict:
+    from hfrjax.tasks import default_config
+
+    c = default_config(task)
     c.seed = seed
-    c.compute_dtype = "float32"
-    c.mesh = {"data": -1, "model": 1}
-    c.log_every = 50
-    c.checkpoint_every = 1000
     c.keep_checkpoints = 2
     c.tensorboard = False
-    c.total_steps = 0
-    c.init_from = ""
     return c
 
 
 def _eval(data_dir: str, folds) -> dict:
-    return {
-        "data_dir": data_dir,
-        "folds": list(folds) if folds else None,
-        "every_epochs": 0,
-        "batch_size": 128,
-        "best_metric": "",
-        "fars": [1e-3, 1e-2],
-        "flip": False,
-    }
+    return {"data_dir": data_dir, "folds": tuple(folds) if folds else None}
+
+
+def _set(c: ml_collections.ConfigDict, **sections) -> None:
+    from hfrjax.config import merge
+
+    merge(c, sections)
 
 
 def pretrain_config(
@@ -193,37 +188,39 @@ def pretrain_config(
     """
     _choice(variant, PRETRAIN_VARIANTS, "variant")
     hp = SCALES[_choice(scale, SCALES, "scale")]["pretrain"]
-    c = _common(seed)
-    c.model = _backbone(scale, backbone)
-    size = _image_size(scale, c.model)
+    c = _common("classification", seed)
+    model = _backbone(scale, backbone)
+    size = _image_size(scale, model)
     augment = {"hflip": True}
     if variant in ("red", "target"):  # "+target" builds on "+red" in the paper's Table 3.
         augment.update(channel_aug="red", channel_aug_p=0.5)
-    c.input = {
-        "data_dir": source_dir,
-        "batch_size": hp["batch_size"],
-        "image_size": [size, size],
-        "channels": _channels(c.model),
-        "num_threads": 2,
-        "seed": seed,
-        "augment": augment,
-        "joint": [],
-    }
-    if variant == "target":
-        c.input.joint = [{"data_dir": target_dir, "fold": int(target_fold)}]
-    c.num_epochs = hp["epochs"]
-    c.margin = {"preset": PRETRAIN_MARGINS[_choice(margin, PRETRAIN_MARGINS, "margin")]}
-    c.head = {"init": "random", "freeze": False}
-    c.optimizer = {"name": "sgd", "momentum": 0.9, "weight_decay": hp["weight_decay"]}
-    c.schedule = {
-        "name": "piecewise",
-        "lr": hp["lr"],
-        "boundaries_epochs": list(hp["boundaries_epochs"]),
-        "factor": 0.1,
-        "warmup_epochs": hp["warmup_epochs"],
-    }
+    joint = [{"data_dir": target_dir, "fold": int(target_fold)}] if variant == "target" else []
     evaluate = eval_dir if eval_dir is not None else target_dir
-    c.eval = _eval(evaluate if eval_folds else "", eval_folds)
+    _set(
+        c,
+        model=model,
+        input={
+            "data_dir": source_dir,
+            "batch_size": hp["batch_size"],
+            "image_size": (size, size),
+            "channels": _channels(model),
+            "num_threads": 2,
+            "seed": seed,
+            "augment": augment,
+            "joint": joint,
+        },
+        num_epochs=hp["epochs"],
+        margin={"preset": PRETRAIN_MARGINS[_choice(margin, PRETRAIN_MARGINS, "margin")]},
+        optimizer={"name": "sgd", "momentum": 0.9, "weight_decay": hp["weight_decay"]},
+        schedule={
+            "name": "piecewise",
+            "lr": hp["lr"],
+            "boundaries_epochs": tuple(hp["boundaries_epochs"]),
+            "factor": 0.1,
+            "warmup_epochs": hp["warmup_epochs"],
+        },
+        eval=_eval(evaluate if eval_folds else "", eval_folds),
+    )
     return c
 
 
@@ -253,57 +250,58 @@ def finetune_config(
     _choice(method, FINETUNE_METHODS, "method")
     _choice(reg, REGULARISERS, "reg")
     hp = SCALES[_choice(scale, SCALES, "scale")]["finetune"]
-    c = _common(seed)
-    c.model = _backbone(scale, backbone)
-    size = _image_size(scale, c.model)
-    c.init_from = init_from
-    c.input = {
-        "data_dir": target_dir,
-        "fold": int(fold),
-        "batch_size": hp["batch_size"],
-        "image_size": [size, size],
-        "channels": _channels(c.model),
-        "num_threads": 2,
-        "seed": seed,
-        "augment": {"hflip": True},
-    }
-    c.num_epochs = hp["epochs"]
-    preset = "rethinking_finetune_lightcnn" if c.model["name"].startswith("lightcnn") else None
-    c.margin = {"preset": preset or "rethinking_finetune"}
-    c.head = {
+    c = _common("rethink", seed)
+    model = _backbone(scale, backbone)
+    size = _image_size(scale, model)
+    preset = "rethinking_finetune_lightcnn" if model["name"].startswith("lightcnn") else None
+    head = {
         "naive": {"init": "random", "freeze": False},
-        "mec": {
-            "init": "class_means",
-            "freeze": True,
-            "class_means_flip": True,
-            "class_means_bn": class_means_bn,
-        },
+        "mec": {"init": "class_means", "freeze": True, "class_means_bn": class_means_bn},
         "ssc": {"init": "pretrained_rows", "freeze": True},
     }[method]
-    c.optimizer = {"name": "sgd", "momentum": 0.9, "weight_decay": hp["weight_decay"]}
-    c.schedule = {
-        "name": "piecewise",
-        "lr": hp["lr"],
-        "boundaries_epochs": list(hp["boundaries_epochs"]),
-        "factor": 0.1,
-    }
-    c.rct = {"weight": 0.0}
-    c.source_reg = {"weight": 0.0}
+    _set(
+        c,
+        model=model,
+        init_from=init_from,
+        input={
+            "data_dir": target_dir,
+            "fold": int(fold),
+            "batch_size": hp["batch_size"],
+            "image_size": (size, size),
+            "channels": _channels(model),
+            "num_threads": 2,
+            "seed": seed,
+            "augment": {"hflip": True},
+        },
+        num_epochs=hp["epochs"],
+        margin={"preset": preset or "rethinking_finetune"},
+        head=head,
+        optimizer={"name": "sgd", "momentum": 0.9, "weight_decay": hp["weight_decay"]},
+        schedule={
+            "name": "piecewise",
+            "lr": hp["lr"],
+            "boundaries_epochs": tuple(hp["boundaries_epochs"]),
+            "factor": 0.1,
+        },
+        eval=_eval(eval_dir if eval_dir is not None else target_dir, [fold]),
+    )
     if reg == "rct":
         c.rct.weight = SCALES[scale]["rct_weight"] if rct_weight is None else float(rct_weight)
     elif reg == "source" and float(lam) > 0:
-        c.source_reg = {
-            "weight": float(lam),
-            "freeze_head": True,
-            "input": {
-                "data_dir": source_dir,
-                "batch_size": hp["source_batch_size"],
-                "image_size": [size, size],
-                "channels": _channels(c.model),
-                "num_threads": 2,
-                "seed": seed + 1,
-                "augment": {"hflip": True},
+        _set(
+            c,
+            source_reg={
+                "weight": float(lam),
+                "freeze_head": True,
+                "input": {
+                    "data_dir": source_dir,
+                    "batch_size": hp["source_batch_size"],
+                    "image_size": (size, size),
+                    "channels": _channels(model),
+                    "num_threads": 2,
+                    "seed": seed + 1,
+                    "augment": {"hflip": True},
+                },
             },
-        }
-    c.eval = _eval(eval_dir if eval_dir is not None else target_dir, [fold])
+        )
     return c

@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from hfrjax.recipes import rethink
+from hfrjax.recipes.rethink import configs as rethink
 
 DEFAULT_DATA_ROOT = "/data/hfrjax"
 
