@@ -77,17 +77,25 @@ def bench_jax(model_name: str, batch: int) -> dict:
             {"params": params, "batch_stats": bs}, state_lib.models.dummy_input(backbone)
         )
     ).shape[-1]
+    from hfrjax.tasks.classification import classification_step
+    from hfrjax.train.task import Optimizer
+
     tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+    opts = {"main": Optimizer(("backbone", "head"), tx)}
     state = state_lib.create_state(
         {"backbone": params, "head": state_lib.init_head(jax.random.key(1), _CLASSES.value, dim)},
-        bs,
-        tx,
+        {"batch_stats": bs},
+        opts,
         jax.random.key(2),
     )
     state = jax.device_put(state, mesh_lib.replicated(mesh))
-    step = step_lib.make_train_step(
-        step_lib.classification_loss(backbone, MarginConfig(m2=0.0, m3=0.4)), tx, mesh
+    train_step = step_lib.make_train_step(
+        classification_step(backbone, MarginConfig(m2=0.0, m3=0.4)), opts, mesh
     )
+
+    def step(state, batch):
+        return train_step(state, {"train": batch})
+
     size = backbone.input_size
     rng = np.random.default_rng(0)
     b = {

@@ -19,7 +19,6 @@ runs with ``launch/compare.py``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from absl import app, flags
@@ -43,15 +42,13 @@ _OUT = flags.DEFINE_string("out", None, "output directory (default: the workdir)
 
 def load_model(path: str):
     """An Embedder from an export directory or from a training workdir's latest checkpoint."""
-    from hfrjax.train import export, trainer
+    from hfrjax.train import export
 
     p = Path(path)
-    if (p / export.MODEL_JSON).exists():
-        return export.load_embedder(p)
-    if not (p / "checkpoints").is_dir():
+    if not ((p / export.MODEL_JSON).exists() or (p / "checkpoints").is_dir()):
         raise app.UsageError(f"{p} is neither an exported embedder nor a training workdir")
-    with tempfile.TemporaryDirectory() as tmp:
-        return export.load_embedder(trainer.export_from_workdir(str(p), os.path.join(tmp, "e")))
+    model, variables = export.load_weights(p)
+    return export.Embedder({"model": model}, variables)
 
 
 def main(argv):

@@ -7,7 +7,7 @@ Load it anywhere with ``hfrjax.load_embedder("/tmp/qs/export")``.
 
 from absl import app, flags
 
-from hfrjax.train import trainer
+from hfrjax.train import export
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "training workdir")
 _OUT = flags.DEFINE_string("out", None, "output directory")
@@ -20,7 +20,7 @@ def main(argv):
 
     quiet_unless_asked()
     del argv
-    path = trainer.export_from_workdir(_WORKDIR.value, _OUT.value, step=_STEP.value)
+    path = export.export_from_workdir(_WORKDIR.value, _OUT.value, step=_STEP.value)
     print(f"exported {path}")
 
 
