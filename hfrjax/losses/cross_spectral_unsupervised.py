@@ -20,6 +20,8 @@ clustering). PTL is the mean over anchors that have a positive and a negative in
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -79,11 +81,16 @@ def pseudo_triplet_loss(
     An RGB sample is *active* (may be anchor or negative) when it is unmasked, has a cluster
     and that cluster is linked. Returns 0.0 when no anchor is usable.
     """
+    rgb_embeddings, ir_embeddings = jnp.asarray(rgb_embeddings), jnp.asarray(ir_embeddings)
+    rgb_clusters, ir_clusters = jnp.asarray(rgb_clusters), jnp.asarray(ir_clusters)
+    rgb_to_ir = jnp.asarray(rgb_to_ir)
     chex.assert_rank([rgb_embeddings, ir_embeddings], 2)
     chex.assert_equal_shape_suffix([rgb_embeddings, ir_embeddings], 1)
     chex.assert_rank(rgb_to_ir, 1)
     n_rgb, n_ir = rgb_embeddings.shape[0], ir_embeddings.shape[0]
     num_links = rgb_to_ir.shape[0]
+    if num_links == 0:
+        raise ValueError("pseudo_triplet_loss: rgb_to_ir is empty (no RGB clusters)")
     _check_clusters("rgb_clusters", rgb_clusters, n_rgb, num_links)
     _check_clusters("ir_clusters", ir_clusters, n_ir, None)
     _check_clusters("rgb_to_ir", rgb_to_ir, num_links, None)
@@ -92,7 +99,25 @@ def pseudo_triplet_loss(
     ir_ok = jnp.ones((n_ir,), bool) if ir_mask is None else jnp.asarray(ir_mask, bool)
     chex.assert_shape(rgb_ok, (n_rgb,))
     chex.assert_shape(ir_ok, (n_ir,))
+    loss, count = _pseudo_triplet(
+        rgb_embeddings, rgb_clusters, ir_embeddings, ir_clusters, rgb_to_ir, rgb_ok, ir_ok,
+        float(margin),
+    )
+    return (loss, count) if return_num_anchors else loss
 
+
+@functools.partial(jax.jit, static_argnames=("margin",))
+def _pseudo_triplet(
+    rgb_embeddings: Array,
+    rgb_clusters: Array,
+    ir_embeddings: Array,
+    ir_clusters: Array,
+    rgb_to_ir: Array,
+    rgb_ok: Array,
+    ir_ok: Array,
+    margin: float,
+) -> tuple[Array, Array]:
+    num_links = rgb_to_ir.shape[0]
     has_cluster = rgb_clusters >= 0
     link = jnp.where(
         has_cluster, jnp.take(rgb_to_ir, jnp.clip(rgb_clusters, 0, num_links - 1)), -1
@@ -107,8 +132,7 @@ def pseudo_triplet_loss(
     pos_mask = (ir_clusters[None, :] == link[:, None]) & ir_usable[None, :]
     neg_mask = (rgb_clusters[:, None] != rgb_clusters[None, :]) & active[None, :]
     d_ap, d_an, valid = hardest_triplet_terms(d_rgb_ir, pos_mask, d_rgb_rgb, neg_mask, active)
-    loss, count = triplet_mean(d_ap, d_an, valid, float(margin), False)
-    return (loss, count) if return_num_anchors else loss
+    return triplet_mean(d_ap, d_an, valid, margin, False)
 
 
 def pixel_channel_sparsity(

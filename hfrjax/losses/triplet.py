@@ -13,9 +13,12 @@ softplus(d_ap - d_an) (Hermans et al. 2017), an option the paper does not use.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hfrjax.losses.margin import concrete_or_none
 
@@ -112,6 +115,9 @@ def batch_hard_triplet_loss(
     Returns the mean loss over anchors that have at least one positive and one negative
     (0.0 if there is none; ``return_num_anchors`` exposes that case).
     """
+    embeddings, labels = jnp.asarray(embeddings), jnp.asarray(labels)
+    if modalities is not None:
+        modalities = jnp.asarray(modalities)
     chex.assert_rank(embeddings, 2)
     batch = embeddings.shape[0]
     _check_vector("labels", labels, batch)
@@ -122,20 +128,33 @@ def batch_hard_triplet_loss(
     if mask is not None:
         _check_vector("mask", mask, batch)
     host = concrete_or_none(labels)
-    if host is not None and not jnp.issubdtype(host.dtype, jnp.integer):
+    if host is not None and not np.issubdtype(host.dtype, np.integer):
         raise TypeError(f"labels must be integers, got dtype {host.dtype}")
+    mask = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool)
+    if modalities is None:
+        modalities = jnp.zeros((batch,), jnp.int32)
+    loss, count = _batch_hard(
+        embeddings, labels, modalities, mask, float(margin), bool(cross_modality), bool(soft_margin)
+    )
+    return (loss, count) if return_num_anchors else loss
 
+
+# Jitted core: eager callers compile once per configuration instead of dispatching each
+# small op; inside a user's jit it is simply inlined.
+@functools.partial(jax.jit, static_argnames=("margin", "cross_modality", "soft_margin"))
+def _batch_hard(
+    embeddings: Array,
+    labels: Array,
+    modalities: Array,
+    mask: Array,
+    margin: float,
+    cross_modality: bool,
+    soft_margin: bool,
+) -> tuple[Array, Array]:
     dist = pairwise_euclidean_distances(embeddings, embeddings)
     same = labels[:, None] == labels[None, :]
-    allowed = ~jnp.eye(batch, dtype=bool)
-    if mask is not None:
-        mask = jnp.asarray(mask, bool)
-        allowed = allowed & mask[:, None] & mask[None, :]
+    allowed = ~jnp.eye(labels.shape[0], dtype=bool) & mask[:, None] & mask[None, :]
     if cross_modality:
         allowed = allowed & (modalities[:, None] != modalities[None, :])
-    anchor_mask = jnp.ones((batch,), bool) if mask is None else mask
-    d_ap, d_an, valid = hardest_triplet_terms(
-        dist, same & allowed, dist, ~same & allowed, anchor_mask
-    )
-    loss, count = triplet_mean(d_ap, d_an, valid, float(margin), bool(soft_margin))
-    return (loss, count) if return_num_anchors else loss
+    d_ap, d_an, valid = hardest_triplet_terms(dist, same & allowed, dist, ~same & allowed, mask)
+    return triplet_mean(d_ap, d_an, valid, margin, soft_margin)
