@@ -253,3 +253,18 @@ def test_bad_inputs_and_config():
         ta.TaskAugmentConfig.from_dict({"jpeg_prob": 0.3})
     cfg = ta.TaskAugmentConfig.from_dict({"jpeg_quality": [20, 40], "colour_ops": ["rgb_shift"]})
     assert cfg.jpeg_quality == (20, 40) and cfg.colour_ops == ("rgb_shift",)
+
+
+def test_show_script_builds_the_grid():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "launch" / "show_task_augment.py"
+    spec = importlib.util.spec_from_file_location("show_task_augment", path)
+    show = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(show)
+    rows = show.tiles(smooth_image(6, 32), seed=0)
+    assert [len(r) for r in rows] == [5, 5, 5]
+    assert all(img.shape == (32, 32, 3) and img.dtype == np.uint8 for r in rows for _, img in r)
+    canvas = show.grid(rows, scale=1)
+    assert canvas.size == (5 * 38 + 6, 3 * 58 + 6)
