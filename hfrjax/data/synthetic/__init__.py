@@ -106,6 +106,27 @@ from hfrjax.data.synthetic.presets import PRESETS, SetSpec, SynthConfig, preset_
 from hfrjax.data.synthetic.rendering import render
 from hfrjax.data.synthetic.sensors import SENSORS, Sensor
 from hfrjax.data.synthetic.spectral import BANDS, skin_reflectance
+from hfrjax.data.synthetic.thermal import (
+    THERMAL_MODALITY,
+    THERMAL_SENSORS,
+    ThermalConditions,
+    ThermalSensor,
+    ThermalTraits,
+    render_thermal,
+    sample_thermal_conditions,
+    sample_thermal_traits,
+)
+from hfrjax.data.synthetic.thermal_vis import (
+    GALLERY_SETS,
+    PROBE_SETS,
+    ThermalVisConfig,
+    ThermalVisSpec,
+    capture_plan,
+    glasses_wearers,
+    make_arlvtf_protocol,
+    render_thermal_vis_images,
+    thermal_vis_captures,
+)
 from hfrjax.data.synthetic.variation import (
     LAB_VARIATION,
     LOW_DIVERSITY_VARIATION,
@@ -120,6 +141,23 @@ from hfrjax.data.synthetic.variation import (
 __all__ = [
     "ARCFACE_TEMPLATE_112",
     "BANDS",
+    "GALLERY_SETS",
+    "PROBE_SETS",
+    "THERMAL_MODALITY",
+    "THERMAL_SENSORS",
+    "ThermalConditions",
+    "ThermalSensor",
+    "ThermalTraits",
+    "ThermalVisConfig",
+    "ThermalVisSpec",
+    "capture_plan",
+    "glasses_wearers",
+    "make_arlvtf_protocol",
+    "render_thermal",
+    "render_thermal_vis_images",
+    "sample_thermal_conditions",
+    "sample_thermal_traits",
+    "thermal_vis_captures",
     "LAB_VARIATION",
     "LOW_DIVERSITY_VARIATION",
     "PRESETS",

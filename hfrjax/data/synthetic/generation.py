@@ -1,17 +1,16 @@
-"""Writing datasets: per-identity seeding, parallel rendering, shards, dataset.json, protocols.
+"""`generate`, and the writer of the NIR-VIS sets: captures, shards, dataset.json, protocols.
 
-Each identity is rendered from its own child of ``np.random.SeedSequence(seed)``, so the
-output is byte-identical for any number of worker processes, growing a set only appends
-identities, and per-sample nuisance parameters need not be stored: `identity_captures`
-regenerates them.
+Each identity is rendered from its own child of ``np.random.SeedSequence(seed)`` (see
+`writing.seed_sequence`), so the output is byte-identical for any number of worker processes,
+growing a set only appends identities, and per-sample nuisance parameters need not be stored:
+`identity_captures` regenerates them. Other kinds of preset (thermal-visible, long-tailed) bring
+their own writer (their config's ``write`` method); `generate` runs any of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Sequence
@@ -19,9 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import simplejpeg
 from absl import logging
-from PIL import Image
 
 from hfrjax.data import dataset as dataset_lib
 from hfrjax.data import protocol as protocol_lib
@@ -31,15 +28,16 @@ from hfrjax.data.synthetic.presets import SetSpec, SynthConfig, preset_config
 from hfrjax.data.synthetic.rendering import render
 from hfrjax.data.synthetic.sensors import SENSORS
 from hfrjax.data.synthetic.variation import Modality, SampleParams, sample_params
-
-
-def _seed(seed: int, *path: int) -> np.random.SeedSequence:
-    """The SeedSequence reached from ``seed`` by spawning along ``path`` (set, kind, id, ...).
-
-    Equivalent to nested ``SeedSequence.spawn`` but addressable, so identity i is the same
-    however many identities a set has and whichever process renders it.
-    """
-    return np.random.SeedSequence(seed, spawn_key=path)
+from hfrjax.data.synthetic.writing import (
+    Mapper,
+    Progress,
+    clear_shards,
+    default_workers,
+    encode_image,
+    identity_name,
+    sample_key,
+    seed_sequence,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,25 +52,6 @@ class _IdentityTask:
     jpeg_quality: int
 
 
-def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = 92) -> bytes:
-    """Encodes uint8 [H, W, C] (C = 1 or 3) as JPEG (simplejpeg) or PNG (Pillow)."""
-    if image_format == "jpeg":
-        colorspace = "GRAY" if image.shape[-1] == 1 else "RGB"
-        return simplejpeg.encode_jpeg(
-            np.ascontiguousarray(image),
-            quality=jpeg_quality,
-            colorspace=colorspace,
-            colorsubsampling="420",
-        )
-    if image_format == "png":
-        buf = io.BytesIO()
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-            buf, format="PNG", compress_level=1
-        )
-        return buf.getvalue()
-    raise ValueError(f"unsupported image format {image_format!r} (jpeg or png)")
-
-
 def identity_captures(
     spec: SetSpec, seed: int, set_index: int, identity_index: int
 ) -> tuple[IdentityParams, list[tuple[Modality, SampleParams]]]:
@@ -80,10 +59,12 @@ def identity_captures(
     `generate` draws them (VIS captures first, then NIR; capture k of a modality is sample
     key ``.../<modality>/<k>``). Cheap: recovers per-sample pose, expression, light etc.
     without storing them in the dataset."""
-    ident = sample_identity(np.random.default_rng(_seed(seed, set_index, 0, identity_index, 0)))
+    ident = sample_identity(
+        np.random.default_rng(seed_sequence(seed, set_index, 0, identity_index, 0))
+    )
     captures: list[tuple[Modality, SampleParams]] = []
     for kind, (modality, count) in enumerate((("vis", spec.vis_per_id), ("nir", spec.nir_per_id))):
-        rng = np.random.default_rng(_seed(seed, set_index, 0, identity_index, 1 + kind))
+        rng = np.random.default_rng(seed_sequence(seed, set_index, 0, identity_index, 1 + kind))
         captures += [
             (modality, sample_params(rng, modality, spec.variation, ident, i)) for i in range(count)
         ]
@@ -106,14 +87,6 @@ def _render_task(task: _IdentityTask) -> list[tuple[str, bytes]]:
     )
     fmt = {"vis": task.vis_format, "nir": task.nir_format}
     return [(m, encode_image(img, fmt[m], task.jpeg_quality)) for m, img in images]
-
-
-def identity_name(spec: SetSpec, index: int) -> str:
-    return f"{spec.id_prefix}{index:05d}"
-
-
-def sample_key(identity: str, modality: str, index: int) -> str:
-    return f"{identity}/{modality}/{index:03d}"
 
 
 def make_protocol(
@@ -164,35 +137,6 @@ def make_protocol(
     )
 
 
-class _Progress:
-    """Logs images done and images/s at most every few seconds."""
-
-    def __init__(self, what: str, total: int, every_s: float = 5.0):
-        self.what, self.total, self.every_s = what, total, every_s
-        self.start = self.last = time.perf_counter()
-        self.done = 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every_s or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            logging.info(
-                "synth %s: %d/%d images (%.0f images/s)", self.what, self.done, self.total, rate
-            )
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def _clear_shards(directory: Path) -> None:
-    """Removes shards of an earlier run so the directory only holds what dataset.json lists."""
-    for path in directory.glob(f"data-*-of-*{tfrecord.SHARD_SUFFIX}*"):
-        path.unlink()
-
-
 def _write_set(
     out_dir: Path, set_index: int, spec: SetSpec, config: SynthConfig, seed: int, preset: str, imap
 ) -> dict[str, Any]:
@@ -200,7 +144,7 @@ def _write_set(
     dataset.json and protocol; returns its summary."""
     directory = out_dir / spec.directory
     directory.mkdir(parents=True, exist_ok=True)
-    _clear_shards(directory)
+    clear_shards(directory)
     formats = {"vis": config.vis_format, "nir": config.nir_format}
     tasks = [
         _IdentityTask(
@@ -217,7 +161,7 @@ def _write_set(
     ]
     names = [identity_name(spec, i) for i in range(spec.num_ids)]
     keys: dict[str, dict[str, list[str]]] = {"vis": {}, "nir": {}}
-    progress = _Progress(spec.name, spec.num_images)
+    progress = Progress(spec.name, spec.num_images)
     with tfrecord.ShardedWriter(directory, "data", spec.num_shards) as writer:
         for label, (name, encoded) in enumerate(zip(names, imap(_render_task, tasks))):
             keys["vis"][name], keys["nir"][name] = [], []
@@ -242,7 +186,7 @@ def _write_set(
         spec, set_index, config, seed, preset, [p.name for p in writer.paths], names, modalities
     ).save(directory)
     if spec.num_folds and "vis" in modalities and "nir" in modalities:
-        rng = np.random.default_rng(_seed(seed, set_index, 1))
+        rng = np.random.default_rng(seed_sequence(seed, set_index, 1))
         make_protocol(
             f"{spec.name}_{spec.num_folds}fold",
             names,
@@ -301,23 +245,18 @@ def _dataset_info(
     )
 
 
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def generate(
     out_dir: str | os.PathLike,
     preset: str = "quickstart",
     seed: int = 0,
     workers: int | None = None,
     *,
-    config: SynthConfig | None = None,
+    config: Any = None,
     image_size: int | None = None,
 ) -> dict[str, Any]:
-    """Writes ``source/``, ``target/`` and ``target_cross/`` datasets and ``synth.json``.
+    """Writes the datasets of a preset and ``synth.json``: for the NIR-VIS presets
+    ``source/``, ``target/`` and ``target_cross/``; for the others see their config classes
+    (`ThermalVisConfig`, `LongTailConfig`).
 
     ``config`` replaces the preset (``synth.json`` then records preset "custom");
     ``image_size`` overrides the crop size. Identities are rendered in parallel by
@@ -333,7 +272,7 @@ def generate(
         config = dataclasses.replace(config, image_size=image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    workers = _default_workers() if workers is None else max(1, int(workers))
+    workers = default_workers() if workers is None else max(1, int(workers))
     total = sum(s.num_images for s in config.sets)
     logging.info(
         "synth: preset %s, seed %d, %d images of %dx%d, %d worker(s) -> %s",
@@ -346,11 +285,14 @@ def generate(
         out,
     )
     start = time.perf_counter()
-    with _mapper(workers) as imap:
-        sets = {
-            spec.directory: _write_set(out, k, spec, config, seed, preset, imap)
-            for k, spec in enumerate(config.sets)
-        }
+    with Mapper(workers) as imap:
+        if isinstance(config, SynthConfig):
+            sets = {
+                spec.directory: _write_set(out, k, spec, config, seed, preset, imap)
+                for k, spec in enumerate(config.sets)
+            }
+        else:
+            sets = config.write(out, seed, preset, imap)
     seconds = time.perf_counter() - start
     summary = {
         "preset": preset,
@@ -371,26 +313,3 @@ def generate(
         total / max(seconds, 1e-9),
     )
     return summary
-
-
-class _mapper:
-    """Context manager yielding an ordered ``imap(fn, items)``: in-process for one worker,
-    else a pool of spawned processes (spawn: safe when the caller already runs JAX threads)."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool = None
-
-    def __enter__(self):
-        if self.workers == 1:
-            return map
-        self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
-        return lambda fn, items: self.pool.imap(fn, items, chunksize=2)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.pool is not None:
-            if exc_type is None:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()

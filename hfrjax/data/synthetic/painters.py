@@ -83,22 +83,34 @@ def paint_body(
 ) -> None:
     """Shoulders (clothing), neck and ears: everything behind the face."""
     pixel = canvas.pixel
-    rows = slice(int(np.searchsorted(y[:, 0], 1.0)), None)  # Nothing above the chin.
+    rows, shoulders, neck = body_shape(ident, s, x, y, pixel)
     e = np.broadcast_to(e_flat, canvas.radiance.shape)[:, rows]
-    x, y, rad = x[rows], y[rows], canvas.radiance[:, rows]
-    body = Canvas(rad, pixel)
-    shoulders = soft(2.85 - 0.4 * np.maximum(np.abs(x - s.shift[0]) - 1.0, 0) - y, pixel)
+    body = Canvas(canvas.radiance[:, rows], pixel)
     body.paint(shoulders, np.asarray(s.clothing, np.float32)[sel], e * 0.9)
-    neck_x = x - 0.6 * s.shift[0] + 0.3 * math.sin(s.yaw)
-    neck = soft(np.abs(neck_x) - 0.45 * ident.face_w, pixel) * (1 - shoulders)
     skin_base = skin_reflectance(ident.melanin, ident.haemoglobin, sel)
     body.paint(neck, skin_base, e * 0.55)
+    for c, ear in ears(canvas, ident):
+        c.paint(ear, skin_base * 0.92)
+
+
+def body_shape(ident: IdentityParams, s: SampleParams, x: np.ndarray, y: np.ndarray, pixel: float):
+    """The rows below the chin, and on them the coverage of the shoulders and of the neck."""
+    rows = slice(int(np.searchsorted(y[:, 0], 1.0)), None)  # Nothing above the chin.
+    x, y = x[rows], y[rows]
+    shoulders = soft(2.85 - 0.4 * np.maximum(np.abs(x - s.shift[0]) - 1.0, 0) - y, pixel)
+    neck_x = x - 0.6 * s.shift[0] + 0.3 * math.sin(s.yaw)
+    neck = soft(np.abs(neck_x) - 0.45 * ident.face_w, pixel) * (1 - shoulders)
+    return rows, shoulders, neck
+
+
+def ears(canvas: Canvas, ident: IdentityParams):
+    """(window canvas, coverage) of each ear."""
     for side in (-1.0, 1.0):
         cu = side * ident.face_w * 0.97
         c = canvas.window(cu - 0.35, cu + 0.35, -0.9, 0.4)
         if c is not None:
             ear_d = (np.sqrt(((c.u - cu) / 0.26) ** 2 + ((c.v + 0.25) / 0.55) ** 2) - 1.0) * 0.26
-            c.paint(soft(ear_d, pixel), skin_base * 0.92)
+            yield c, soft(ear_d, c.pixel)
 
 
 def skin_map(
@@ -115,7 +127,7 @@ def skin_map(
     lips = np.zeros_like(u)
     win = pixel_window(u, v, -1.3, 1.3, ident.mouth_v - 0.6, ident.mouth_v + 0.7)
     if win is not None:
-        lips[win] = _lips(ident, s, u[win], v[win], pixel)
+        lips[win] = lip_coverage(ident, s, u[win], v[win], pixel)
     au = np.abs(u)
     cheeks = gauss((au - 1.2) ** 2 + (v - 0.55) ** 2, 0.4)
     nose_tip = gauss(u**2 + (v - ident.nose_tip) ** 2, 0.18)
@@ -140,7 +152,7 @@ def background_reflectance(
     return clip(base[:, None, None] * shade, 0.01, 1.0)
 
 
-def _lips(
+def lip_coverage(
     ident: IdentityParams, s: SampleParams, u: np.ndarray, v: np.ndarray, pixel: float
 ) -> np.ndarray:
     """Coverage of the lips (closed or parted)."""
@@ -150,21 +162,38 @@ def _lips(
     return np.maximum(soft(upper, pixel), soft(lower, pixel)) * (shape > 0)
 
 
-def paint_nose_and_mouth(
-    canvas: Canvas, ident: IdentityParams, s: SampleParams, sel: Sequence[int]
-) -> None:
-    """Nostrils, the parted mouth (cavity and teeth) and the line between the lips."""
+def nostrils(canvas: Canvas, ident: IdentityParams):
+    """(window canvas, coverage) of each nostril."""
     for side in (-1.0, 1.0):
         cu, cv = side * ident.nose_w * 0.55, ident.nose_tip + 0.1
         c = canvas.window(cu - 0.2, cu + 0.2, cv - 0.15, cv + 0.15)
         if c is not None:
             d = (np.sqrt(((c.u - cu) / 0.1) ** 2 + ((c.v - cv) / 0.05) ** 2) - 1.0) * 0.05
-            c.paint(soft(d, c.pixel) * 0.85, spectral.NOSTRIL[sel])
-    c = canvas.window(-1.4, 1.4, ident.mouth_v - 0.5, ident.mouth_v + 0.6)
-    if c is None:
-        return
+            yield c, soft(d, c.pixel)
+
+
+def mouth_window(canvas: Canvas, ident: IdentityParams) -> Canvas | None:
+    return canvas.window(-1.4, 1.4, ident.mouth_v - 0.5, ident.mouth_v + 0.6)
+
+
+def mouth_shape(c: Canvas, ident: IdentityParams, s: SampleParams):
+    """Lip centre line, half opening, lip profile and the signed distance ``inside`` of the
+    mouth opening on a mouth window."""
     _, line, gap, shape = mouth_geometry(ident, s, c.u)
     inside = np.maximum(np.abs(c.v - line) - gap, -shape * 10)
+    return line, gap, shape, inside
+
+
+def paint_nose_and_mouth(
+    canvas: Canvas, ident: IdentityParams, s: SampleParams, sel: Sequence[int]
+) -> None:
+    """Nostrils, the parted mouth (cavity and teeth) and the line between the lips."""
+    for c, nostril in nostrils(canvas, ident):
+        c.paint(nostril * 0.85, spectral.NOSTRIL[sel])
+    c = mouth_window(canvas, ident)
+    if c is None:
+        return
+    line, gap, shape, inside = mouth_shape(c, ident, s)
     c.paint(soft(inside, c.pixel) * (shape > 0), spectral.MOUTH_CAVITY[sel])
     if s.smile > 0.3 or s.mouth_open > 0.2:
         teeth_d = np.maximum(c.v - (line - gap + 0.09), inside)
@@ -172,6 +201,27 @@ def paint_nose_and_mouth(
     c.paint(
         soft(np.abs(c.v - line) - 0.018, c.pixel) * (shape > 0.05) * 0.8, spectral.MOUTH_CAVITY[sel]
     )
+
+
+def eye_window(canvas: Canvas, ident: IdentityParams, side: float) -> Canvas | None:
+    cu, cv = side * ident.eye_sep, ident.eye_v
+    return canvas.window(cu - ident.eye_w - 0.12, cu + ident.eye_w + 0.12, cv - 0.4, cv + 0.4)
+
+
+def eye_shape(c: Canvas, ident: IdentityParams, s: SampleParams, side: float):
+    """On an eye window: coverage of the open eye (between the lids), eye-aligned offsets
+    (du along the lid, dv down), the lid profile (0 at the corners) and the upper lid height."""
+    cu, cv = side * ident.eye_sep, ident.eye_v
+    openness = max(s.eye_open, 0.0) * (1.0 - 0.25 * s.smile)
+    cos_t, sin_t = math.cos(side * ident.eye_tilt), math.sin(side * ident.eye_tilt)
+    du0, dv0 = c.u - cu, c.v - cv
+    du = cos_t * du0 + sin_t * dv0
+    dv = -sin_t * du0 + cos_t * dv0
+    prof = np.maximum(1.0 - (du / ident.eye_w) ** 2, 0.0) ** 0.7
+    upper = ident.eye_h * 1.1 * openness * prof
+    lower = ident.eye_h * (0.6 + 0.4 * openness) * prof * (openness > 0.02)
+    eye = soft(np.maximum(-dv - upper, dv - lower), c.pixel) * (prof > 0)
+    return eye, du, dv, prof, upper
 
 
 def paint_eye(
@@ -183,19 +233,10 @@ def paint_eye(
     side: float,
 ) -> None:
     """Sclera, iris, pupil, corneal reflection and lash line of one eye."""
-    cu, cv = side * ident.eye_sep, ident.eye_v
-    c = canvas.window(cu - ident.eye_w - 0.12, cu + ident.eye_w + 0.12, cv - 0.4, cv + 0.4)
+    c = eye_window(canvas, ident, side)
     if c is None:
         return
-    openness = max(s.eye_open, 0.0) * (1.0 - 0.25 * s.smile)
-    cos_t, sin_t = math.cos(side * ident.eye_tilt), math.sin(side * ident.eye_tilt)
-    du0, dv0 = c.u - cu, c.v - cv
-    du = cos_t * du0 + sin_t * dv0
-    dv = -sin_t * du0 + cos_t * dv0
-    prof = np.maximum(1.0 - (du / ident.eye_w) ** 2, 0.0) ** 0.7
-    upper = ident.eye_h * 1.1 * openness * prof
-    lower = ident.eye_h * (0.6 + 0.4 * openness) * prof * (openness > 0.02)
-    eye = soft(np.maximum(-dv - upper, dv - lower), c.pixel) * (prof > 0)
+    eye, du, dv, prof, upper = eye_shape(c, ident, s, side)
     lid_shadow = 0.75 + 0.25 * clip((dv + upper) * 6, 0, 1)
     c.paint(eye, spectral.SCLERA[sel], c.maps["e"] * lid_shadow)
     gx, gy = s.gaze
@@ -217,22 +258,33 @@ def paint_brow(
     canvas: Canvas, ident: IdentityParams, s: SampleParams, sel: Sequence[int], side: float
 ) -> None:
     """One eyebrow: a tapered arc whose height follows the expression."""
-    cu = side * (ident.eye_sep + 0.05)
-    cv = ident.eye_v - ident.brow_gap - 0.16 * s.brow_raise
-    c = canvas.window(cu - ident.brow_len - 0.1, cu + ident.brow_len + 0.1, cv - 0.45, cv + 0.4)
+    c = brow_window(canvas, ident, s, side)
     if c is None:
         return
+    alpha = brow_coverage(c, ident, s, side)
+    rho = spectral.hair_spectrum(
+        ident.hair_eumelanin + 1.0, ident.hair_pheomelanin, ident.hair_grey * 0.5
+    )
+    c.paint(alpha, rho[sel])
+
+
+def brow_window(canvas: Canvas, ident: IdentityParams, s: SampleParams, side: float):
+    cu = side * (ident.eye_sep + 0.05)
+    cv = ident.eye_v - ident.brow_gap - 0.16 * s.brow_raise
+    return canvas.window(cu - ident.brow_len - 0.1, cu + ident.brow_len + 0.1, cv - 0.45, cv + 0.4)
+
+
+def brow_coverage(c: Canvas, ident: IdentityParams, s: SampleParams, side: float) -> np.ndarray:
+    """Coverage of one eyebrow on its window (needs ``c.maps["strands"]``)."""
+    cu = side * (ident.eye_sep + 0.05)
+    cv = ident.eye_v - ident.brow_gap - 0.16 * s.brow_raise
     du = (c.u - cu) * side  # Positive towards the temple.
     t = clip(du / ident.brow_len, -1, 1)
     frown = 0.08 * min(s.brow_raise, 0.0) * (1 - t)  # Inner ends pulled down in a frown.
     curve = cv - ident.brow_arch * (1 - (t - 0.15) ** 2) + ident.brow_slope * t - frown
     thick = ident.brow_thick * (1.0 - 0.45 * clip(t, 0, 1))
     d = np.maximum(np.abs(c.v - curve) - thick / 2, np.abs(du) - ident.brow_len)
-    alpha = soft(d, c.pixel) * ident.brow_density * clip(0.75 + c.maps["strands"], 0, 1)
-    rho = spectral.hair_spectrum(
-        ident.hair_eumelanin + 1.0, ident.hair_pheomelanin, ident.hair_grey * 0.5
-    )
-    c.paint(alpha, rho[sel])
+    return soft(d, c.pixel) * ident.brow_density * clip(0.75 + c.maps["strands"], 0, 1)
 
 
 def paint_beard(canvas: Canvas, ident: IdentityParams, s: SampleParams, rho: np.ndarray) -> None:
@@ -240,6 +292,11 @@ def paint_beard(canvas: Canvas, ident: IdentityParams, s: SampleParams, rho: np.
     c = canvas.window(-ident.face_w, ident.face_w, ident.nose_tip, ident.face_chin + 0.1)
     if c is None:
         return
+    c.paint(beard_coverage(c, ident, s), rho)
+
+
+def beard_coverage(c: Canvas, ident: IdentityParams, s: SampleParams) -> np.ndarray:
+    """Coverage of facial hair on a window of the lower face (needs ``c.maps["face"]``)."""
     u, v = c.u, c.v
     w, line, gap, shape = mouth_geometry(ident, s, u)
     lip_zone = np.maximum(np.abs(v - line) - gap - 0.12 * shape - 0.02, np.abs(u) - w - 0.03)
@@ -252,7 +309,7 @@ def paint_beard(canvas: Canvas, ident: IdentityParams, s: SampleParams, rho: np.
         region = np.minimum(moustache, ident.nose_tip + 0.75 - v)
     density = ident.beard_density * (0.35 if ident.beard_style == 1 else 1.0)
     cover = soft(region, c.pixel * 3) * (1 - soft(lip_zone, c.pixel)) * c.maps["face"]
-    c.paint(cover * density * clip(0.8 + c.maps["strands"], 0, 1), rho)
+    return cover * density * clip(0.8 + c.maps["strands"], 0, 1)
 
 
 def hair_coverage(
@@ -287,19 +344,44 @@ def paint_glasses(
     canvas: Canvas, ident: IdentityParams, s: SampleParams, modality: Modality, sel: Sequence[int]
 ) -> None:
     """Frames, faint lens tint and lens reflections (strong LED glints in NIR)."""
+    c = glasses_window(canvas, ident)
+    if c is None:
+        return
+    lenses, frame = glasses_shape(c, ident)
     cv = ident.eye_v + 0.03
-    c = canvas.window(
+    u, v = c.u, c.v
+    glint = np.zeros_like(u)
+    gu, gv, strength = s.glasses_glint
+    for cu, lens in lenses:
+        c.paint(lens * 0.08, np.full(len(sel), 0.3, np.float32))
+        g2 = ((u - cu - gu - 0.5 * math.sin(s.yaw)) / 1.6) ** 2 + (v - cv - gv) ** 2
+        if modality == "nir":
+            glint += lens * strength * 3.0 * gauss(g2, 0.05)
+        else:
+            glint += lens * strength * 0.25 * gauss(g2, 0.2)
+    c.paint(frame, np.asarray(ident.glasses_spectrum, np.float32)[sel])
+    c.radiance += glint
+
+
+def glasses_window(canvas: Canvas, ident: IdentityParams) -> Canvas | None:
+    cv = ident.eye_v + 0.03
+    return canvas.window(
         -ident.face_w - 0.2,
         ident.face_w + 0.2,
         cv - ident.glasses_h - 0.15,
         cv + ident.glasses_h + 0.15,
     )
-    if c is None:
-        return
+
+
+def glasses_shape(
+    c: Canvas, ident: IdentityParams
+) -> tuple[list[tuple[float, np.ndarray]], np.ndarray]:
+    """On a glasses window: [(centre u, lens coverage)] of both lenses and the coverage of the
+    frame (rims, bridge and temples)."""
+    cv = ident.eye_v + 0.03
     u, v, t = c.u, c.v, ident.glasses_frame
     frame_d = []
-    glint = np.zeros_like(u)
-    gu, gv, strength = s.glasses_glint
+    lenses = []
     for side in (-1.0, 1.0):
         cu = side * (ident.eye_sep + 0.04)
         p = ident.glasses_power
@@ -307,13 +389,7 @@ def paint_glasses(
             1.0 / p
         )
         frame_d.append(np.abs(r - 1.0) * ident.glasses_h - t / 2)
-        lens = soft((r - 1.0) * ident.glasses_h, c.pixel)
-        c.paint(lens * 0.08, np.full(len(sel), 0.3, np.float32))
-        g2 = ((u - cu - gu - 0.5 * math.sin(s.yaw)) / 1.6) ** 2 + (v - cv - gv) ** 2
-        if modality == "nir":
-            glint += lens * strength * 3.0 * gauss(g2, 0.05)
-        else:
-            glint += lens * strength * 0.25 * gauss(g2, 0.2)
+        lenses.append((cu, soft((r - 1.0) * ident.glasses_h, c.pixel)))
     inner = ident.eye_sep + 0.04 - ident.glasses_w
     au = np.abs(u)
     frame_d.append(np.maximum(np.abs(v - cv + 0.08) - t / 2, au - inner - 0.02))  # Bridge.
@@ -323,8 +399,4 @@ def paint_glasses(
             np.maximum(ident.eye_sep + ident.glasses_w - au, au - ident.face_w - 0.1),
         )
     )
-    c.paint(
-        soft(np.minimum.reduce(frame_d), c.pixel),
-        np.asarray(ident.glasses_spectrum, np.float32)[sel],
-    )
-    c.radiance += glint
+    return lenses, soft(np.minimum.reduce(frame_d), c.pixel)

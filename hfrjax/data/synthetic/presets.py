@@ -1,16 +1,18 @@
-"""What `generate` writes: the NIR-VIS set specifications and the named presets.
+"""What `generate` writes: the NIR-VIS set specifications and all named presets.
 
-Three sets with disjoint identities, as in the Rethinking paper's setting: a VIS-only source
-set for pretraining, a CASIA NIR-VIS 2.0-like target set (850 nm active-NIR camera, 10-fold
-View 2 protocol) and a cross-sensor set (940 nm-like camera, low diversity, neutral frontal
-gallery like BUAA-VisNir).
+A NIR-VIS preset has three sets with disjoint identities, as in the Rethinking paper's
+setting: a VIS-only source set for pretraining, a CASIA NIR-VIS 2.0-like target set (850 nm
+active-NIR camera, 10-fold View 2 protocol) and a cross-sensor set (940 nm-like camera, low
+diversity, neutral frontal gallery like BUAA-VisNir). Thermal-visible presets are defined in
+`thermal_vis`, long-tailed ones in `longtail`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
+from hfrjax.data.synthetic.thermal_vis import thermal_vis_config
 from hfrjax.data.synthetic.variation import (
     LAB_VARIATION,
     LOW_DIVERSITY_VARIATION,
@@ -115,7 +117,7 @@ def _config(
     )
 
 
-PRESETS: dict[str, SynthConfig] = {
+PRESETS: dict[str, Any] = {
     # For unit tests of code that needs a dataset on disk: a second or two.
     "tiny": _config((12, 4, 2), (10, 2, 2, 2), (6, 2, 2, 1)),
     # The default training job's data: ~6.5k images, ~25 s on 2 otherwise idle cores.
@@ -125,11 +127,17 @@ PRESETS: dict[str, SynthConfig] = {
     # 30k source identities (~720k images), a CASIA-sized target (725 identities); for big
     # hosts.
     "large": _config((30000, 24, 256), (725, 8, 12, 16), (150, 9, 9, 4)),
+    # Thermal-visible, ARL-VTF-style sets (thermal_vis.py): (train ids, test ids, captures per
+    # baseline condition, per expression condition, shards). Tiny: 72 images, for tests.
+    "thermal_tiny": thermal_vis_config(6, 4, 2, 1, 2),
+    # ARL-VTF's 295 training and 100 test subjects, ~4.7k images.
+    "thermal_vis": thermal_vis_config(295, 100, 3, 2, 4),
 }
 
 
-def preset_config(preset: str, image_size: int | None = None) -> SynthConfig:
-    """The `SynthConfig` of a named preset, optionally at another crop size."""
+def preset_config(preset: str, image_size: int | None = None):
+    """The config of a named preset (`SynthConfig`, `ThermalVisConfig`, ...), optionally at
+    another crop size."""
     if preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {preset!r}; choose from {sorted(PRESETS)}")
     config = PRESETS[preset]
