@@ -112,7 +112,8 @@ def test_purity_and_link_accuracy_by_hand():
     # RGB 0 (mostly 5) -> IR 1 (5): right; RGB 1 (7) -> IR 1 (5): wrong.
     acc = diagnostics.link_accuracy(labels, truth, ir_labels, ir_truth, np.array([1, 1]))
     assert acc == pytest.approx(0.5)
-    assert math.isnan(diagnostics.link_accuracy(labels, truth, ir_labels, ir_truth, np.array([-1, -1])))
+    none = diagnostics.link_accuracy(labels, truth, ir_labels, ir_truth, np.array([-1, -1]))
+    assert math.isnan(none)
 
 
 def test_epoch_diagnostics_and_plot(tmp_path):
@@ -129,7 +130,7 @@ def test_epoch_diagnostics_and_plot(tmp_path):
     )
     assert record["rgb_clusters"] == record["ir_clusters"] == 6
     assert record["rgb_kept"] == record["ir_kept"] == record["rgb_linked"] == 6
-    assert record["link_accuracy"] == 1.0 and record["rgb_purity"] == 1.0 and record["ir_nmi"] == 1.0
+    assert record["link_accuracy"] == record["rgb_purity"] == record["ir_nmi"] == 1.0
     blind = diagnostics.epoch_diagnostics(
         rgb_labels=ids, ir_labels=ids, rgb_filter=rgb_f, ir_filter=ir_f, vote=vote
     )

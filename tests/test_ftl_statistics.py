@@ -135,9 +135,8 @@ def test_hard_list_against_brute_force():
     regular = st.regular_classes(sizes, max_images=10)
     stats = stream(labels, g, g_bar, yaw, regular, 20.0, 3)
     ids = 1000 + np.arange(len(labels))
-    d = np.concatenate(
-        [st.sample_distances(stats.centres, g[p], labels[p]) for p in np.array_split(np.arange(len(labels)), 5)]
-    )
+    parts = np.array_split(np.arange(len(labels)), 5)
+    d = np.concatenate([st.sample_distances(stats.centres, g[p], labels[p]) for p in parts])
     hard = st.hard_sample_indices(d, labels, stats.regular, ids)
     expected = []
     for i in np.flatnonzero(regular):
@@ -151,8 +150,10 @@ def test_hard_list_against_brute_force():
 def test_ur_rule_and_bad_input():
     sizes = st.class_sizes(np.array([0, 0, 1, 2, 2, 2]), 4)
     np.testing.assert_array_equal(sizes, [2, 1, 3, 0])
-    np.testing.assert_array_equal(st.under_represented(sizes, max_images=2), [True, True, False, False])
-    np.testing.assert_array_equal(st.regular_classes(sizes, max_images=2), [False, False, True, False])
+    ur = st.under_represented(sizes, max_images=2)
+    np.testing.assert_array_equal(ur, [True, True, False, False])
+    regular = st.regular_classes(sizes, max_images=2)
+    np.testing.assert_array_equal(regular, [False, False, True, False])
     np.testing.assert_array_equal(st.under_represented(np.array([20, 21])), [True, False])
     m = st.init_moments(3, 2, np.ones(3, bool))
     with pytest.raises(ValueError, match=r"labels\[1\] = 3"):

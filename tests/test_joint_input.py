@@ -220,7 +220,7 @@ def test_class_rows_for(two_datasets, tmp_path):
 
 def test_from_dict_errors(two_datasets):
     src, tgt = two_datasets
-    with pytest.raises(ValueError, match="unknown joint source option.*'flod'"):
+    with pytest.raises(ValueError, match=r"unknown key 'input.joint\[\].flod'; did you mean 'fold'"):
         _cfg(src, tgt, joint=[{"data_dir": str(tgt), "flod": 1}])
     with pytest.raises(ValueError, match="no data_dir"):
         _cfg(src, tgt, joint=[{"fold": 1}])

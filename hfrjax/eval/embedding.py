@@ -62,7 +62,7 @@ def call_embed(fn: Callable, images: np.ndarray, modality: Any = None, what: str
     out = np.asarray(out, np.float32)
     if out.ndim != 2 or out.shape[0] != len(images):
         raise ValueError(
-            f"the embedding function returned shape {out.shape} for a batch of {len(images)} "
+            f"the embedding function returned embeddings of shape {out.shape} for a batch of {len(images)} "
             f"{what}; expected [{len(images)}, D]"
         )
     return out
