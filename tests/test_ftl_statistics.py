@@ -100,6 +100,9 @@ def test_pca_basis_against_eigh_and_energy():
     np.testing.assert_allclose(stats.eigenvalues, values[::-1], rtol=1e-10, atol=1e-10)
     assert float(stats.energy_kept) == pytest.approx(values[::-1][:3].sum() / values.sum())
     np.testing.assert_allclose(stats.basis.T @ stats.basis, np.eye(3), atol=1e-6)
+    k95 = st.components_for_energy(stats.eigenvalues, 0.95)
+    shares = np.cumsum(values[::-1]) / values.sum()
+    assert shares[k95 - 1] >= 0.95 and (k95 == 1 or shares[k95 - 2] < 0.95)
     full = st.principal_basis(stats.covariance, g.shape[1])
     assert full[2] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="num_components"):
@@ -128,6 +131,8 @@ def test_transfer_keeps_ur_centre_and_moves_variation():
     c[0] = members.mean(0)
     moved = np.asarray(st.transfer_features(members, np.zeros(10, int), np.full(10, 4), c, basis))
     np.testing.assert_allclose(moved.mean(0), c[4], atol=1e-5)
+    bad = np.asarray(st.transfer_features(g[:1], np.array([7]), np.array([3]), centres, basis))
+    assert np.isnan(bad).all()  # class 7 does not exist: no silent clipping
 
 
 def test_hard_list_against_brute_force():

@@ -5,8 +5,8 @@ Person Re-identification") §III-B and Alg. 1 lines 2-3: every image starts as i
 the distance between two clusters is the Euclidean distance of their closest pair of features
 (single linkage); at each step a fraction of the most similar cluster pairs is merged, until
 the desired number of clusters remains.  The paper leaves the fraction to its reference
-method (BUC, Lin et al. AAAI 2019, §3.2): ``m = n · mp`` merges per step with ``n`` the number
-of images and ``mp = 0.05`` (`merge_schedule`).
+method (BUC, Lin et al. AAAI 2019, and its public code): ``int(n · mp)`` merges per step with
+``n`` the number of images and ``mp = 0.05`` (`merge_schedule`).
 
 Between steps the reference method trains a memory bank of cluster centres with cross-entropy,
 so the features change from one step to the next.  That is a training-loop concern; here a
@@ -26,8 +26,6 @@ dendrogram (scipy's ``fcluster(..., "maxclust")``), up to exact distance ties.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -90,15 +88,16 @@ def relabel_contiguous(labels: np.ndarray) -> np.ndarray:
 def merge_schedule(
     num_samples: int, target_clusters: int, merge_fraction: float = 0.05
 ) -> list[int]:
-    """Cluster counts after each merge step: ``ceil(merge_fraction · num_samples)`` merges per
-    step (BUC §3.2, the reference for CSAN §III-B), the last step stopping at the target."""
+    """Cluster counts after each merge step: ``int(merge_fraction · num_samples)`` merges (at
+    least one) per step, as in BUC (the reference for CSAN §III-B); the last step stops at
+    the target."""
     if not 1 <= target_clusters <= num_samples:
         raise ValueError(
             f"target_clusters must be in [1, num_samples={num_samples}], got {target_clusters}"
         )
     if not 0.0 < merge_fraction <= 1.0:
         raise ValueError(f"merge_fraction must be in (0, 1], got {merge_fraction}")
-    per_step = max(1, math.ceil(merge_fraction * num_samples))
+    per_step = max(1, int(merge_fraction * num_samples))
     counts, k = [], num_samples
     while k > target_clusters:
         k = max(target_clusters, k - per_step)

@@ -56,7 +56,8 @@ def silhouette_samples(
     num_clusters = int(y.max()) + 1
     sizes = np.bincount(y, minlength=num_clusters)
     if np.count_nonzero(sizes) < 2:
-        raise ValueError(f"silhouette needs at least 2 non-empty clusters, got {np.count_nonzero(sizes)}")
+        found = np.count_nonzero(sizes)
+        raise ValueError(f"silhouette needs at least 2 non-empty clusters, got {found}")
     one_hot_t = _one_hot(y, num_clusters).T.tocsr()  # [K, n]
     x_sq = np.einsum("ij,ij->i", x, x)
     n = len(y)

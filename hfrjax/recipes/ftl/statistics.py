@@ -220,7 +220,9 @@ def principal_basis(
         raise ValueError(f"covariance must be square, got shape {v.shape}")
     dim = v.shape[0]
     if not 1 <= num_components <= dim:
-        raise ValueError(f"num_components must be in [1, {dim}] for {dim}-d features, got {num_components}")
+        raise ValueError(
+            f"num_components must be in [1, {dim}] for {dim}-d features, got {num_components}"
+        )
     values, vectors = np.linalg.eigh(0.5 * (v + v.T))
     values, vectors = values[::-1], vectors[:, ::-1]
     basis = vectors[:, :num_components].copy()
@@ -230,6 +232,18 @@ def principal_basis(
     total = clipped.sum()
     energy = float(clipped[:num_components].sum() / total) if total > 0 else 1.0
     return basis, values, energy
+
+
+def components_for_energy(eigenvalues: np.ndarray, energy: float = 0.95) -> int:
+    """Smallest k whose top-k eigenvalues hold ``energy`` of the total (§3.3: 150 ≈ 95 %)."""
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    values = np.maximum(np.sort(np.asarray(eigenvalues, np.float64))[::-1], 0.0)
+    total = values.sum()
+    if total <= 0:
+        return 1
+    cumulative = np.cumsum(values) / total
+    return int(min(len(values), np.searchsorted(cumulative, energy - 1e-12) + 1))
 
 
 def finalize(moments: FeatureMoments, num_components: int = NUM_COMPONENTS) -> FTLStatistics:
@@ -308,10 +322,11 @@ def transfer_features(
 
     Row k moves the variation of regular sample g_k (class j_k = ``regular_labels[k]``) onto
     UR class i_k = ``ur_labels[k]``.  Shapes: [B, D], [B], [B], [C, D], [D, k] -> [B, D].
+    A label outside [0, C) yields a NaN row rather than a silently clipped class.
     """
     g = jnp.asarray(regular_features)
     c = jnp.asarray(centres, g.dtype)
     q = jnp.asarray(basis, g.dtype)
-    c_j = jnp.take(c, regular_labels, axis=0)
-    c_i = jnp.take(c, ur_labels, axis=0)
+    c_j = jnp.take(c, regular_labels, axis=0, mode="fill", fill_value=jnp.nan)
+    c_i = jnp.take(c, ur_labels, axis=0, mode="fill", fill_value=jnp.nan)
     return c_i + ((g - c_j) @ q) @ q.T
