@@ -32,6 +32,7 @@ from hfrjax.models.lightcnn import (
 )
 from hfrjax.models.mobilefacenet import MobileFaceNet, mobilefacenet
 from hfrjax.models.registry import dummy_input, get_model, list_models, register_model
+from hfrjax.models import cross_spectral_attention, ftl_modules, saliency, vgg  # noqa: F401,I001
 from hfrjax.models import dual_path, fdr, mobilenetv3  # noqa: F401,I001  (TOPLight)
 
 __all__ = [

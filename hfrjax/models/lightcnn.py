@@ -31,6 +31,10 @@ def _v2_pool(x: jnp.ndarray) -> jnp.ndarray:
     return nn.max_pool(x, (2, 2), strides=(2, 2)) + nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+# Public name for networks assembled from LightCNN's parts (SSN's saliency model).
+v2_pool = _v2_pool
+
+
 class ResBlock(nn.Module):
     """Two 3x3 MFM convs with an identity shortcut (channel count unchanged)."""
 
