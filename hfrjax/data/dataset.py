@@ -8,7 +8,7 @@ Layout of a dataset directory (what every converter and the synthetic generator 
     DIR/protocols/...                     optional evaluation protocol (see protocol.py)
 
 `RecordTable` concatenates the index sidecars into flat arrays (shard, offset, label, modality,
-key) so samplers and protocol filters work on metadata alone.
+key, yaw) so samplers and protocol filters work on metadata alone.
 """
 
 from __future__ import annotations
@@ -85,6 +85,13 @@ class RecordTable:
     modality: np.ndarray  # str [N]
     key: np.ndarray  # object [N]
     record: np.ndarray  # int64 [N], record number within its shard (for error messages).
+    # float64 [N]: head yaw in degrees where the records carry it (synthetic sets), NaN
+    # elsewhere; None when constructed without it (then all NaN).
+    yaw: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.yaw is None:
+            self.yaw = np.full(len(self.offset), np.nan)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -105,6 +112,7 @@ class RecordTable:
             modality=np.concatenate([ix.modalities.astype(str) for ix in indexes]),
             key=np.concatenate([np.asarray(ix.keys, dtype=object) for ix in indexes]),
             record=np.concatenate([np.arange(len(ix), dtype=np.int64) for ix in indexes]),
+            yaw=np.concatenate([ix.yaw for ix in indexes]),
         )
 
     def subset(self, rows: np.ndarray) -> "RecordTable":
@@ -117,6 +125,7 @@ class RecordTable:
             modality=self.modality[rows],
             key=self.key[rows],
             record=self.record[rows],
+            yaw=self.yaw[rows],
         )
 
     def select_keys(self, keys: Sequence[str], *, what: str = "list") -> "RecordTable":

@@ -9,7 +9,9 @@ serialized ``tf.train.Example`` built with the protobuf classes that tensorflow-
 (``tensorflow_datasets.proto.tf_example_pb2``), so TensorFlow itself is never imported.
 
 Each shard ``X.tfrecord`` gets a sidecar ``X.tfrecord.index``: one tab-separated line per
-record with its byte offset, framed length, label, modality and sample key. The index makes
+record with its byte offset, framed length, label, modality and sample key, plus a sixth
+column ``yaw`` (head yaw in degrees, ``nan`` where unknown) in shards where some record carries
+one; shards without yaw keep the five-column layout, byte for byte. The index makes
 exact global shuffling (random access), identity-aware samplers and protocol filtering possible
 without reading any image bytes, and lets the streaming reader resynchronise after a corrupt
 length header. Shards and indexes are written to a temporary name and renamed on close, so a
@@ -39,6 +41,7 @@ infrared of an unspecified band, and long-wave thermal infrared (emitted heat, 8
 SHARD_SUFFIX = ".tfrecord"
 INDEX_SUFFIX = ".index"
 _INDEX_HEADER = "offset\tlength\tlabel\tmodality\tkey"
+_INDEX_HEADER_YAW = _INDEX_HEADER + "\tyaw"
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
@@ -97,8 +100,13 @@ class Sample:
     key: str  # Unique sample key within the dataset, e.g. "s2/NIR/10153/001".
     dataset: str  # Dataset name.
     image_format: str = "jpeg"
+    # Head yaw in degrees where known (synthetic data; FTL §3.3, Eq. 5 drops large-yaw samples
+    # from class centres), stored as the float feature "yaw"; None: unknown, not stored.
+    yaw: float | None = None
 
     def __post_init__(self):
+        if self.yaw is not None and not np.isfinite(self.yaw):
+            raise ValueError(f"sample {self.key!r}: yaw {self.yaw!r} is not a finite number")
         if self.modality not in MODALITIES:
             raise ValueError(f"sample {self.key!r}: modality {self.modality!r} not in {MODALITIES}")
         if self.label < 0:
@@ -118,6 +126,8 @@ def encode_example(sample: Sample) -> bytes:
     f["identity"].bytes_list.value.append(sample.identity.encode())
     f["key"].bytes_list.value.append(sample.key.encode())
     f["dataset"].bytes_list.value.append(sample.dataset.encode())
+    if sample.yaw is not None:
+        f["yaw"].float_list.value.append(float(sample.yaw))
     return ex.SerializeToString(deterministic=True)  # Map order fixed: byte-identical shards.
 
 
@@ -134,6 +144,7 @@ def decode_example(data: bytes) -> Sample:
             identity=f["identity"].bytes_list.value[0].decode(),
             key=f["key"].bytes_list.value[0].decode(),
             dataset=f["dataset"].bytes_list.value[0].decode(),
+            yaw=float(f["yaw"].float_list.value[0]) if _has_value_of(f, "yaw") else None,
         )
     except IndexError as e:
         missing = [
@@ -150,6 +161,11 @@ def decode_example(data: bytes) -> Sample:
             if not _has_value(f[k])
         ]
         raise ValueError(f"tf.train.Example lacks features {missing}") from e
+
+
+def _has_value_of(features, name: str) -> bool:
+    """Whether the feature map has ``name`` with a value (without inserting it)."""
+    return name in features and _has_value(features[name])
 
 
 def _has_value(feature) -> bool:
@@ -174,6 +190,11 @@ class ShardIndex:
     labels: np.ndarray  # int64 [N]
     modalities: np.ndarray  # str [N]
     keys: list[str]
+    yaw: np.ndarray | None = None  # float64 [N], degrees; NaN where unknown (None: all NaN).
+
+    def __post_init__(self) -> None:
+        if self.yaw is None:
+            self.yaw = np.full(len(self.offsets), np.nan)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -183,28 +204,40 @@ class ShardIndex:
         path = index_path(shard)
         if not path.exists():
             raise FileNotFoundError(f"index sidecar {path} of shard {shard} is missing")
-        offsets, lengths, labels, modalities, keys = [], [], [], [], []
+        offsets, lengths, labels, modalities, keys, yaws = [], [], [], [], [], []
         with open(path, encoding="utf-8") as fh:
             header = fh.readline().rstrip("\n")
-            if header != _INDEX_HEADER:
-                raise ValueError(f"{path}: bad index header {header!r}, expected {_INDEX_HEADER!r}")
+            if header not in (_INDEX_HEADER, _INDEX_HEADER_YAW):
+                raise ValueError(
+                    f"{path}: bad index header {header!r}, expected {_INDEX_HEADER!r} "
+                    f"or {_INDEX_HEADER_YAW!r}"
+                )
+            fields = header.count("\t") + 1
             for lineno, line in enumerate(fh, start=2):
                 parts = line.rstrip("\n").split("\t")
-                if len(parts) != 5:
+                if len(parts) != fields:
                     raise ValueError(
-                        f"{path}:{lineno}: expected 5 tab-separated fields, got {line!r}"
+                        f"{path}:{lineno}: expected {fields} tab-separated fields, got {line!r}"
                     )
                 offsets.append(int(parts[0]))
                 lengths.append(int(parts[1]))
                 labels.append(int(parts[2]))
                 modalities.append(parts[3])
                 keys.append(parts[4])
+                if fields == 6:
+                    try:
+                        yaws.append(float(parts[5]))
+                    except ValueError:
+                        raise ValueError(
+                            f"{path}:{lineno}: yaw {parts[5]!r} is not a number"
+                        ) from None
         return cls(
             np.asarray(offsets, np.int64),
             np.asarray(lengths, np.int64),
             np.asarray(labels, np.int64),
             np.asarray(modalities, dtype=str),
             keys,
+            np.asarray(yaws, np.float64) if fields == 6 else None,
         )
 
 
@@ -221,21 +254,47 @@ class TFRecordWriter:
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._fh: BinaryIO | None = open(self._tmp, "wb")
         self._offset = 0
-        self._index_lines = [_INDEX_HEADER]
+        self._index_lines: list[str] = []
+        self._yaws: list[float | None] = []
 
-    def write(self, data: bytes, *, label: int = -1, modality: str = "", key: str = "") -> None:
-        """Appends one serialized record; label/modality/key go to the index sidecar."""
+    def write(
+        self,
+        data: bytes,
+        *,
+        label: int = -1,
+        modality: str = "",
+        key: str = "",
+        yaw: float | None = None,
+    ) -> None:
+        """Appends one serialized record; label/modality/key (and yaw, when some record has
+        one) go to the index sidecar."""
         if self._fh is None:
             raise ValueError(f"writer for {self.path} is closed")
         framed = frame_record(data)
         self._fh.write(framed)
         self._index_lines.append(f"{self._offset}\t{len(data)}\t{label}\t{modality}\t{key}")
+        self._yaws.append(yaw)
         self._offset += len(framed)
 
     def write_sample(self, sample: Sample) -> None:
         self.write(
-            encode_example(sample), label=sample.label, modality=sample.modality, key=sample.key
+            encode_example(sample),
+            label=sample.label,
+            modality=sample.modality,
+            key=sample.key,
+            # The float32 value the Example holds, so the index and the record agree.
+            yaw=None if sample.yaw is None else float(np.float32(sample.yaw)),
         )
+
+    def _index_text(self) -> str:
+        if all(y is None for y in self._yaws):
+            lines = [_INDEX_HEADER, *self._index_lines]
+        else:
+            lines = [_INDEX_HEADER_YAW] + [
+                f"{line}\t{'nan' if y is None else repr(float(y))}"
+                for line, y in zip(self._index_lines, self._yaws)
+            ]
+        return "\n".join(lines) + "\n"
 
     def close(self) -> None:
         if self._fh is None:
@@ -246,7 +305,7 @@ class TFRecordWriter:
         self._fh = None
         idx = index_path(self.path)
         idx_tmp = idx.with_name(idx.name + ".tmp")
-        idx_tmp.write_text("\n".join(self._index_lines) + "\n", encoding="utf-8")
+        idx_tmp.write_text(self._index_text(), encoding="utf-8")
         os.replace(self._tmp, self.path)
         os.replace(idx_tmp, idx)
 

@@ -102,6 +102,13 @@ from hfrjax.data.synthetic.generation import (
 )
 from hfrjax.data.synthetic.geometry import ARCFACE_TEMPLATE_112, landmarks
 from hfrjax.data.synthetic.identity import IdentityParams, sample_identity
+from hfrjax.data.synthetic.longtail import (
+    LongTailConfig,
+    LongTailSpec,
+    longtail_captures,
+    read_pairs,
+    verification_pairs,
+)
 from hfrjax.data.synthetic.presets import PRESETS, SetSpec, SynthConfig, preset_config
 from hfrjax.data.synthetic.rendering import render
 from hfrjax.data.synthetic.sensors import SENSORS, Sensor
@@ -142,6 +149,11 @@ __all__ = [
     "ARCFACE_TEMPLATE_112",
     "BANDS",
     "GALLERY_SETS",
+    "LongTailConfig",
+    "LongTailSpec",
+    "longtail_captures",
+    "read_pairs",
+    "verification_pairs",
     "PROBE_SETS",
     "THERMAL_MODALITY",
     "THERMAL_SENSORS",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from hfrjax.data.synthetic.longtail import longtail_config
 from hfrjax.data.synthetic.thermal_vis import thermal_vis_config
 from hfrjax.data.synthetic.variation import (
     LAB_VARIATION,
@@ -132,6 +133,12 @@ PRESETS: dict[str, Any] = {
     "thermal_tiny": thermal_vis_config(6, 4, 2, 1, 2),
     # ARL-VTF's 295 training and 100 test subjects, ~4.7k images.
     "thermal_vis": thermal_vis_config(295, 100, 3, 2, 4),
+    # Long-tailed VIS sets in FTL's Table 1 layout (longtail.py): (regular identities, images
+    # per regular identity, shards); UR blocks of 1x, 3x, 5x the regular identities with 5
+    # images. Tiny: ~360 records, for tests.
+    "longtail_tiny": longtail_config(3, 8, 1, pairs=40),
+    # 100 regular identities x 30 images, 500 UR identities; ~38k records.
+    "longtail": longtail_config(100, 30, 4, pairs=600),
 }
 
 
