@@ -283,6 +283,7 @@ def test_psb_input_errors(ssn_setup):
     with pytest.raises(ValueError, match="saliency must be one of"):
         lightcnn29v2_psb(saliency="both")
     assert get_model("lightcnn29v2_psb", saliency="shared", **SSN_TINY).saliency == "shared"
+    assert model.takes_modality and csan().takes_modality and not hasattr(ftl(), "takes_modality")
 
 
 # ====================================================================== CSAN (VGG + attention)

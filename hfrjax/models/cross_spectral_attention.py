@@ -37,7 +37,7 @@ itself (/4: 512 positions on RegDB, a 4x larger embedding and a 16x larger atten
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -72,6 +72,9 @@ class CrossSpectralAttentionNet(nn.Module):
     pair (embedding, parts) with parts = {"rgb", "ir", "common": [B, P, dim],
     "attention": [B, P, P], "out": F_out [B, P, dim]} (F_out feeds the PCS loss, Eq. 5).
     """
+
+    # Embedding loops may pass modality codes: same values, only the gradients differ.
+    takes_modality: ClassVar[bool] = True
 
     dim: int = 128
     backbone_widths: Sequence[int] = VGG16_WIDTHS

@@ -32,7 +32,7 @@ with all biases zero (MFM, pooling and the residual sum are positively homogeneo
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import chex
 import flax.linen as nn
@@ -83,6 +83,9 @@ class LightCNN29v2PSB(nn.Module):
     (embedding, (Ŷ_1, ..., Ŷ_4)) of gated block outputs; the information bottleneck
     (SSN Eq. 5/12) uses the first and the last.
     """
+
+    # Embedding loops pass each image's modality code (`hfrjax.eval.embedding`).
+    takes_modality: ClassVar[bool] = True
 
     layers: Sequence[int] = (1, 2, 3, 4)
     channels: Sequence[int] = (48, 96, 192, 128, 128)
