@@ -27,10 +27,6 @@ def run(config, workdir: str) -> None:
     """Trains; on failure prints the traceback and, last, a one-line summary, then exits
     without the interpreter's shutdown noise (background threads of the input pipeline and
     the checkpointer complaining after the error)."""
-    from hfrjax.train.cli_logging import quiet_unless_asked
-
-    quiet_unless_asked()
-    distributed.maybe_initialize()
     try:
         trainer.train(config, workdir)
     except trainer.Preempted as e:
@@ -47,8 +43,12 @@ def run(config, workdir: str) -> None:
 
 
 def main(argv):
+    from hfrjax.train.cli_logging import quiet_unless_asked
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    quiet_unless_asked()
+    distributed.maybe_initialize()
     run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -39,8 +39,49 @@ def to_numpy(tensor: Any) -> np.ndarray:
     return np.array(tensor, dtype=np.float32, copy=True)
 
 
-def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
-    """Drop a DataParallel-style ``module.`` prefix from every key that has it."""
+def load_torch_state_dict(source: Any) -> Mapping[str, Any]:
+    """A state_dict from a mapping, or from a ``.pth``/``.pt`` path loaded with
+    ``torch.load(weights_only=True)`` (no pickled code runs). A checkpoint that wraps the
+    weights (``{"state_dict": ...}`` or ``{"model": ...}``) is unwrapped; anything else is
+    refused with a message naming the file."""
+    import os
+
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"reading {path} needs PyTorch (pip install torch)") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} does not exist") from None
+        except Exception as e:  # noqa: BLE001 - unpickling errors have many types.
+            raise ValueError(
+                f"{path} is not a weights-only PyTorch file ({type(e).__name__}: {e}); "
+                "save it with torch.save(model.state_dict(), path)"
+            ) from None
+        for key in ("state_dict", "model"):
+            if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+        if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+            raise ValueError(
+                f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of parameter "
+                "names to tensors)"
+            )
+        return obj
+    if not isinstance(source, Mapping):
+        raise TypeError(
+            f"expected a state_dict (mapping of parameter names to tensors) or a path to a "
+            f".pth file, got {type(source).__name__}"
+        )
+    return source
+
+
+def strip_prefix(state_dict: Any, prefix: str = "module.") -> dict[str, Any]:
+    """Drop a DataParallel-style ``module.`` prefix from every key that has it; ``state_dict``
+    may also be a path to a ``.pth`` file (`load_torch_state_dict`)."""
+    state_dict = load_torch_state_dict(state_dict)
     return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
