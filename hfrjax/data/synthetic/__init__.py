@@ -1,4 +1,4 @@
-"""Procedural NIR-VIS faces: the library's embedded default data.
+"""Procedural NIR-VIS, thermal-visible and long-tailed faces: the library's embedded data.
 
 The real NIR-VIS datasets cannot be downloaded everywhere, so the main training job and the
 tests run on faces rendered here with numpy alone (no external assets). Everything is
@@ -49,10 +49,15 @@ NIR850 and NIR940. A VIS camera sees the first three, an NIR camera one of the l
   (water absorption), even weaker melanin contrast, lower contrast, more noise, stronger
   vignetting and LED falloff, a different gamma. Its captures are less diverse (a few fixed
   poses, expressions and lighting conditions, like Oulu-CASIA or BUAA-VisNir).
+* Thermal (modality ``"thermal"``, long-wave infrared, `thermal`): emitted heat instead of
+  reflected light, the same geometry; skin temperatures (warm inner eye corners and
+  forehead, cool nose tip, ears and hair), opaque cold glasses, a low-resolution
+  microbolometer with fixed-pattern noise; one channel.
 
 Datasets and protocol
 ---------------------
-`generate` writes three dataset directories (TFRecord shards + ``dataset.json``, see
+The NIR-VIS presets (``tiny``, ``quickstart``, ``small``, ``large``): `generate` writes three
+dataset directories (TFRecord shards + ``dataset.json``, see
 `hfrjax.data.dataset`) with disjoint identities. As in CASIA NIR-VIS 2.0, the VIS and NIR
 images of an identity are separate captures (own pose, expression, light), not pixel pairs.
 
@@ -75,20 +80,33 @@ is byte-identical for any number of worker processes, growing a set only appends
 identities, and per-sample nuisance parameters need not be stored: `identity_captures`
 regenerates them.
 
+The thermal-visible presets (``thermal_tiny``, ``thermal_vis``) write ``thermal_vis/``:
+time-synchronised visible/thermal pairs with an ARL-VTF-style protocol, one fold per (probe
+set, gallery set) named like ``"P_TB0|G_VB0-"`` (`thermal_vis`). The long-tailed presets
+(``longtail_tiny``, ``longtail``) write ``longtail/train_<10K0K|10K10K|10K30K|10K50K|60K0K>/``
+and ``longtail/holdout/`` (with ``pairs.txt`` and an InsightFace ``verification.bin``) in the
+FTL paper's Table 1 layout, every record carrying its head yaw (`longtail`).
+
 Package layout
 --------------
 ``spectral`` (band reflectances), ``identity`` (`IdentityParams`, `sample_identity`),
 ``variation`` (`Variation` presets, `SampleParams`, `sample_params`), ``geometry`` (face
 frame, pose warp, `landmarks`), ``painters`` (layer compositing), ``rendering`` (`render`),
-``sensors`` (`Sensor`, `SENSORS`, the camera model), ``presets`` (`SetSpec`, `SynthConfig`,
-`PRESETS`) and ``generation`` (`generate`, `identity_captures`, `make_protocol`).
+``sensors`` (`Sensor`, `SENSORS`, the camera model), ``thermal`` (`render_thermal`, heat
+signature, microbolometer), ``presets`` (`SetSpec`, `SynthConfig`, `PRESETS`), ``writing``
+(seeding, encoding, parallel map), ``generation`` (`generate`, `identity_captures`,
+`make_protocol`), ``thermal_vis`` (`ThermalVisConfig`, `make_arlvtf_protocol`) and
+``longtail`` (`LongTailConfig`, `verification_pairs`, `read_pairs`).
 
 Public API
 ----------
 `generate` (datasets on disk), `PRESETS` / `preset_config` / `SynthConfig` / `SetSpec`;
 the pure pieces `sample_identity`, `sample_params`, `render`, `landmarks`,
 `identity_captures`, `render_identity_images`, `make_protocol`, `skin_reflectance`,
-`SENSORS` and the `Variation` presets, all importable from this package.
+`SENSORS` and the `Variation` presets; thermal: `render_thermal`, `sample_thermal_traits`,
+`sample_thermal_conditions`, `THERMAL_SENSORS`, `thermal_vis_captures`,
+`render_thermal_vis_images`, `glasses_wearers`, `make_arlvtf_protocol`; long-tailed:
+`longtail_captures`, `verification_pairs`, `read_pairs`; all importable from this package.
 """
 
 from hfrjax.data.synthetic.generation import (

@@ -131,13 +131,13 @@ PRESETS: dict[str, Any] = {
     # Thermal-visible, ARL-VTF-style sets (thermal_vis.py): (train ids, test ids, captures per
     # baseline condition, per expression condition, shards). Tiny: 72 images, for tests.
     "thermal_tiny": thermal_vis_config(6, 4, 2, 1, 2),
-    # ARL-VTF's 295 training and 100 test subjects, ~4.7k images.
+    # ARL-VTF's 295 training and 100 test subjects, 4,658 images.
     "thermal_vis": thermal_vis_config(295, 100, 3, 2, 4),
     # Long-tailed VIS sets in FTL's Table 1 layout (longtail.py): (regular identities, images
     # per regular identity, shards); UR blocks of 1x, 3x, 5x the regular identities with 5
-    # images. Tiny: ~360 records, for tests.
+    # images. Tiny: 405 records, for tests.
     "longtail_tiny": longtail_config(3, 8, 1, pairs=40),
-    # 100 regular identities x 30 images, 500 UR identities; ~38k records.
+    # 100 regular identities x 30 images, 500 UR identities; 35,500 records (19k renders).
     "longtail": longtail_config(100, 30, 4, pairs=600),
 }
 
