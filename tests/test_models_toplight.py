@@ -31,6 +31,8 @@ try:
     import torch.nn.functional as F
 
     from hfrjax.models.torch_reference_mobilenetv3 import TorchMobileNetV3Large
+
+    torch.set_num_threads(1)  # tiny tensors: worker threads would only spin
 except ImportError:  # pragma: no cover - torch is an optional test dependency
     torch = None
 
@@ -56,9 +58,11 @@ def images(model, batch=2, seed=1):
     return jnp.asarray(rng.normal(size=(batch, h, w, model.in_channels)), jnp.float32)
 
 
-def abstract_init(model, **kwargs):
+@functools.lru_cache(maxsize=None)
+def abstract_init(model):
+    """Variable shapes (traced once per model: tracing a full network costs ~1 s)."""
     return jax.eval_shape(
-        functools.partial(model.init, train=False, **kwargs), jax.random.key(0), images(model, 1)
+        functools.partial(model.init, train=False), jax.random.key(0), images(model, 1)
     )
 
 
@@ -258,8 +262,9 @@ def test_dual_path_intermediates_per_path():
     _, inter_same = jit_apply(DUAL, return_intermediates=True)(variables, (x_ir[:2], x_ir))
     assert not np.allclose(inter_same["block4"][0], inter_same["block4"][1][:2], atol=1e-3)
     np.testing.assert_allclose(inter_same["block4"][1], inter["block4"][1], atol=1e-6)
-    with pytest.raises(ValueError, match="path must be"):
-        DUAL.apply(variables, x_ir, path=2)
+    for bad in (2, True):  # True would otherwise pass for path 1
+        with pytest.raises(ValueError, match="path must be"):
+            DUAL.apply(variables, x_ir, path=bad)
     with pytest.raises(ValueError, match="expected 2 inputs"):
         DUAL.apply(variables, (x_ir,))
 

@@ -57,7 +57,8 @@ def block_name(block: int, path: int | None) -> str:
 class DualPathMobileNetV3(nn.Module):
     """Dual-path MobileNetV3-Large (module docstring).
 
-    ``model.apply(variables, x, path=None, train=False, return_intermediates=False)``:
+    ``model.apply(variables, x, train=False, *, path=None, return_intermediates=False)``
+    (``train`` second, as every backbone here; ``path`` keyword-only):
     * ``x`` an array and ``path`` 0 / 1: that path only; returns one output array;
     * ``x`` a pair ``(x_visible, x_infrared)`` (same spatial size, any batch sizes): each
       through its path, the shared blocks on the concatenation; returns a pair;
@@ -86,8 +87,9 @@ class DualPathMobileNetV3(nn.Module):
     def __call__(
         self,
         x: jnp.ndarray | Sequence[jnp.ndarray],
-        path: int | None = None,
         train: bool = False,
+        *,
+        path: int | None = None,
         return_intermediates: bool = False,
     ):
         if not 1 <= self.private_blocks < NUM_BLOCKS:
@@ -151,7 +153,7 @@ class DualPathMobileNetV3(nn.Module):
         if path is not None:
             if isinstance(x, (tuple, list)):
                 raise ValueError("give one image array with path=..., or a pair with path=None")
-            if path not in range(NUM_PATHS):
+            if isinstance(path, bool) or path not in range(NUM_PATHS):
                 raise ValueError(f"path must be 0 (visible) or 1 (infrared), got {path!r}")
             return (x,), (int(path),)
         if isinstance(x, (tuple, list)):
