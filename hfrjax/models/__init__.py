@@ -1,7 +1,9 @@
 """Face-recognition backbones (flax.linen, NHWC, ``__call__(x, train)``) and a name registry.
 
 Importing this package registers: ``iresnet`` (generic), ``ir18``, ``ir34``, ``ir50``,
-``ir100``, ``mobilefacenet``, ``lightcnn29v2``.
+``ir100``, ``mobilefacenet``, ``lightcnn29v2``; for the recipes ``lightcnn29v2_psb`` (SSN),
+``mobilenetv3_large``, ``mobilenetv3_large_dual``, ``mobilenetv3_large_souped`` (TOPLight),
+``vgg16_conv3`` and ``csan`` (CSAN), ``ftl`` (FTL).
 
 Conventions shared by all backbones:
 * ``model.apply(variables, x, train=...)`` with ``x`` [B, H, W, C]; BatchNorm statistics live

@@ -46,7 +46,9 @@ def list_models() -> list[str]:
 def dummy_input(model: nn.Module, batch_size: int = 1) -> jnp.ndarray:
     """A zero NHWC batch of the shape ``model`` expects (for ``init`` / ``eval_shape``).
 
-    Every backbone here exposes ``input_size`` and ``in_channels`` attributes.
+    Every backbone here exposes ``input_size`` (an int, or (H, W) for non-square inputs such
+    as 288x144 person crops) and ``in_channels`` attributes.
     """
     size = model.input_size
-    return jnp.zeros((batch_size, size, size, model.in_channels), jnp.float32)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return jnp.zeros((batch_size, h, w, model.in_channels), jnp.float32)
