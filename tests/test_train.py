@@ -169,7 +169,7 @@ def test_checkpoint_that_does_not_fit_the_model(data, trained):
 
 
 def test_config_typos_are_errors(data, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown key 'margin.mm'; did you mean 'm1'"):
+    with pytest.raises(ValueError, match=r"unknown key 'margin.mm'; valid keys: m1, m2, m3, preset, s"):
         trainer.train(tiny_config(data, **{"margin.mm": 0.5}), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="head.init"):
         trainer.train(tiny_config(data, **{"head.init": "means"}), str(tmp_path / "y"))

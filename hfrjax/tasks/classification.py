@@ -310,21 +310,29 @@ class ClassificationTask:
             state_sharding=state_sharding,
             meta=meta,
             describe=f"{cfg.model.name}, {num_classes} classes, global batch {cfg.input.batch_size}; ",
-            eval_input={"image_size": cfg.input.image_size, "channels": cfg.input.channels},
+            eval_input={"image_size": cfg.input.image_size or _hw(backbone.input_size), "channels": cfg.input.channels},
         )
 
     @staticmethod
     def load_backbone(path: str, params, batch_stats):
-        """Backbone weights from an export or a workdir, checked against the model's shapes."""
-        from hfrjax.train import checkpoint as ckpt_lib
+        return load_backbone_weights(path, params, batch_stats)
 
-        _, variables = load_weights(path)
-        new_p, new_bs = variables.get("params", {}), variables.get("batch_stats", {})
-        for want, have, what in ((params, new_p, "params"), (batch_stats, new_bs, "batch stats")):
-            bad = ckpt_lib.shape_problems(want, have)
-            if bad:
-                raise ckpt_lib.CheckpointMismatchError(
-                    f"backbone {what} of {path} do not fit the configured model "
-                    f"({len(bad)} problem(s)): " + "; ".join(bad[:8])
-                )
-        return jax.tree.map(jnp.asarray, new_p), jax.tree.map(jnp.asarray, new_bs)
+
+def _hw(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def load_backbone_weights(path: str, params, batch_stats):
+    """Backbone weights from an export or a workdir, checked against the model's shapes."""
+    from hfrjax.train import checkpoint as ckpt_lib
+
+    _, variables = load_weights(path)
+    new_p, new_bs = variables.get("params", {}), variables.get("batch_stats", {})
+    for want, have, what in ((params, new_p, "params"), (batch_stats, new_bs, "batch stats")):
+        bad = ckpt_lib.shape_problems(want, have)
+        if bad:
+            raise ckpt_lib.CheckpointMismatchError(
+                f"backbone {what} of {path} do not fit the configured model "
+                f"({len(bad)} problem(s)): " + "; ".join(bad[:8])
+            )
+    return jax.tree.map(jnp.asarray, new_p), jax.tree.map(jnp.asarray, new_bs)

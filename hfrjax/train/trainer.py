@@ -6,7 +6,7 @@ checkpoint (state *and* input positions), and runs the plan: hooks at step bound
 jitted step of each global step, progress lines (images/s, ETA), ``metrics.jsonl`` and
 TensorBoard, evaluation every ``eval.every_epochs``, checkpoints every ``checkpoint_every``
 steps, a checkpoint on SIGTERM (exit status 143). At the end it saves, *then* evaluates,
-then marks the run complete (``done.json``); a rerun of a complete run does nothing, a rerun of
+then marks the run complete (``complete.json``); a rerun of a complete run does nothing, a rerun of
 a run stopped after its last step only evaluates. Every exit path waits for the saves in
 flight, so a checkpoint is either complete or absent.
 """
@@ -35,7 +35,7 @@ from hfrjax.train.state import TrainState, count_params
 from hfrjax.train.task import HookContext, SetupContext, TaskSetup
 from hfrjax.train.workdir import WorkdirLock
 
-DONE_FILE = "done.json"
+DONE_FILE = "complete.json"
 
 
 @dataclasses.dataclass(frozen=True)
