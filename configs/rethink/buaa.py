@@ -23,7 +23,7 @@ Arguments (comma-separated key=value):
   lam       λ of source regularisation (default 1, the paper's value); 0 = none.
   backbone  mobilefacenet | ir18 (default) | ir50 | ir100 | lightcnn29v2; must match init_from.
   fold      1 (the default and only value): BUAA-VisNir has no official lists and one fixed
-            train/test split (SPEC.md section 6; the paper reports it without ±), stored by the
+            train/test split (the paper reports it without ±), stored by the
             converter as fold 1.
   data_root default /data/hfrjax: trains on {data_root}/buaa_visnir (its protocols/ holds the
             split), source regularisation reads {data_root}/ms1m.
@@ -41,7 +41,7 @@ The paper fine-tunes and evaluates on BUAA-VisNir (spelt "BAAA" in the paper's t
 test-only set, it is also an evaluation column of the cross-dataset Table 7): 150 subjects,
 paired NIR / VIS images of 9 poses and expressions (section 4.1), 2.7k images, "150 (40)"
 subjects (eval) in Table 1. The paper does not spell out the split; the common protocol
-(SPEC.md section 6) is 50 train / 100 test subjects, gallery one neutral-frontal VIS image per
+is 50 train / 100 test subjects, gallery one neutral-frontal VIS image per
 test subject, probes all NIR; note that it disagrees with Table 1's 40 evaluation subjects.
 The split is whatever the converter wrote to {data_root}/buaa_visnir/protocols.
 

@@ -23,7 +23,7 @@ Arguments (comma-separated key=value):
   lam       λ of source regularisation (default 1, the paper's value); 0 = none.
   backbone  mobilefacenet | ir18 (default) | ir50 | ir100 | lightcnn29v2; must match init_from.
   fold      1 (the default and only value): Oulu-CASIA has no official lists and one fixed
-            train/test split (SPEC.md section 6; the paper reports it without ±), stored by the
+            train/test split (the paper reports it without ±), stored by the
             converter as fold 1.
   data_root default /data/hfrjax: trains on {data_root}/oulu_casia_nir_vis (its protocols/ holds
             the split), source regularisation reads {data_root}/ms1m.
@@ -40,7 +40,7 @@ The evaluation reports TAR@FAR 1e-4 and 1e-3 and Rank-1.
 The paper fine-tunes and evaluates on Oulu-CASIA NIR-VIS (not a test-only set; it is also an
 evaluation column of the cross-dataset Table 7): 80 subjects, 7,680 images, "80 (40)" subjects
 (eval) in Table 1; 3 illuminations x 6 expressions (section 4.1). The paper does not spell out
-the split; the common protocol (SPEC.md section 6) uses 40 subjects, 20 train / 20 test, 8
+the split; the common protocol uses 40 subjects, 20 train / 20 test, 8
 images per expression and domain, gallery VIS, probes NIR.
 
 Paper numbers to expect, Oulu-CASIA, TAR@FAR=10^-4 in %:

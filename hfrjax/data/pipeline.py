@@ -164,7 +164,7 @@ class CheckedTFRecordIterDataset(grain.experimental.TFRecordIterDataset):
 class JointSource:
     """A further dataset whose identities join the primary one's in a single classifier.
 
-    For "+target" pretraining (SPEC section 1): e.g. a NIR-VIS training fold next to the
+    For "+target" pretraining (Rethinking the domain gap, §4.2, Table 3): e.g. a NIR-VIS training fold next to the
     VIS source set. Its classes get their own id range (see `ClassRange`), never merged with
     another dataset's even where the raw label numbers coincide.
     """

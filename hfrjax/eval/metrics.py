@@ -13,7 +13,7 @@ Verification (pairs of a probe and a gallery image; genuine = same identity):
 * `tar_at_far` — TAR at target FARs, two conventions:
 
   - ``"nearest"`` (default): the field's convention, used by InsightFace's IJB evaluation
-    and (per SPEC.md) seed 1's code, so numbers are comparable with published tables. Their
+    and the Rethinking paper's released code, so numbers are comparable with published tables. Their
     code takes ``sklearn.metrics.roc_curve`` with its default ``drop_intermediate=True``
     (interior points of collinear runs removed), flips it, and takes the first minimum of
     ``|fpr - far|``: the point whose FPR is nearest to the target, no interpolation, and among

@@ -1,4 +1,4 @@
-"""Combined-margin softmax (SphereFace / ArcFace / CosFace family), SPEC §0.
+"""Combined-margin softmax (SphereFace / ArcFace / CosFace family): SphereFace's multiplicative, ArcFace's additive angular and CosFace's additive cosine margins in one formula, cos(m1·θ + m2) − m3 (ArcFace, Deng et al., CVPR 2019, §3.3).
 
     logit_j = s * cos(theta_j)                         for j != y
     logit_y = s * (cos(m1 * theta_y + m2) - m3)

@@ -1,6 +1,6 @@
 """IResNet (improved ResNet) backbones in the InsightFace ``arcface_torch`` layout.
 
-Layout (SPEC §7): stem conv3x3 + BN + PReLU; four stages of ``IBasicBlock``
+Layout (ArcFace, Deng et al., CVPR 2019, and InsightFace's arcface_torch iresnet.py): stem conv3x3 + BN + PReLU; four stages of ``IBasicBlock``
 (BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN, plus a conv1x1 + BN shortcut on the
 first block of each stage); head BN -> flatten -> dropout -> FC -> BatchNorm1d with its
 scale fixed at 1 (flax ``use_scale=False``, so it is not a parameter at all).

@@ -138,7 +138,7 @@ APPROX_TOLERANCE = 0.05  # "~N" in EXPECTED: within 5%.
 
 
 def expected_counts(dataset: str, spec: OuluSpec | BuaaSpec | None = None) -> dict[str, Any]:
-    """Counts the SPEC/papers give for a dataset (ints exact, "~N" approximate); for the
+    """Counts the datasets' papers give for a dataset (ints exact, "~N" approximate); for the
     generated protocols they follow from ``spec``."""
     if dataset == "casia-nirvis2":
         return {

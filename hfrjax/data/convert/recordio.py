@@ -1,7 +1,7 @@
 """InsightFace RecordIO packs (MS1MV2/V3, Glint360K, WebFace) -> a globally shuffled TFRecord set.
 
 Pure Python: the dmlc RecordIO framing and mxnet's ``IRHeader`` are parsed here, so neither
-mxnet nor TensorFlow is needed. Format (SPEC.md section 6):
+mxnet nor TensorFlow is needed. Format (InsightFace / MXNet RecordIO, as in InsightFace's recognition datasets):
 
 * ``train.idx``: text lines ``key<TAB>byte_offset`` (what ``mx.recordio.MXIndexedRecordIO``
   writes).

@@ -31,7 +31,7 @@ TARGETS = ("casia", "lamp_hq", "oulu", "buaa")
 
 # Folds of each NIR-VIS benchmark's protocol. CASIA NIR-VIS 2.0 View 2 and LAMP-HQ: 10 folds
 # (paper Table 6 "Folds 1-10", mean ± std; Tables 3, 4, 5 and 7 use fold 1, marked †).
-# Oulu-CASIA and BUAA-VisNir: one fixed train/test split (no official lists; SPEC.md section 6;
+# Oulu-CASIA and BUAA-VisNir: one fixed train/test split (no official lists; the protocols commonly used with these sets;
 # the paper reports no ± for them in Table 6), stored as fold 1.
 NUM_FOLDS = {"casia": 10, "lamp_hq": 10, "oulu": 1, "buaa": 1}
 
