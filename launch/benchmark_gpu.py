@@ -2,45 +2,42 @@
 and Partial FC classifier steps at 1M and 10M classes, and evaluation pairs/s at 100k x 100k.
 
   PYTHONPATH=. python3 launch/benchmark_gpu.py --out=/tmp/benchmark_gpu.json   # <= 8 min
-  PYTHONPATH=. python3 launch/benchmark_gpu.py --smoke --out=/tmp/smoke.json   # CPU, seconds
+  PYTHONPATH=. python3 launch/benchmark_gpu.py --smoke --out=/tmp/smoke.json   # CPU
 
-Needs only jax (CUDA), flax, optax, chex, numpy and (for the comparison row) PyTorch with
-CUDA, plus this repository's source: no data loaders, checkpointing or plotting packages (the
-GPU machines it is meant for have no network). It imports ``hfrjax.models`` and
-``hfrjax.losses`` (whose imports are only jax/flax/optax/chex/numpy) and loads
-``hfrjax/eval/metrics.py`` by file path, because the ``hfrjax.eval`` package itself imports
-the input pipeline (grain, tensorflow_datasets).
+Needs only jax (CUDA), flax, optax, chex, numpy, PyTorch with CUDA (for the comparison row)
+and this repository's source, as the GPU machines have no network. It imports
+``hfrjax.models`` and ``hfrjax.losses`` (only jax/flax/optax/chex/numpy underneath) and loads
+``hfrjax/eval/metrics.py`` by path: the ``hfrjax.eval`` package imports the input pipeline.
 
-Sections, each in its own subprocess (so an out-of-memory error or a hang in one loses only
-that row, JAX and PyTorch never share the GPU's memory, and each row's peak device memory is
-its own; ``--smoke`` runs them in one process unless ``--isolate``), run in this order under
-one wall-clock budget (--budget_s, default 450 s; a section gets its cap or what is left):
+Sections run in this order under one wall-clock budget (--budget_s, default 450 s; each gets
+its cap or what is left), each in its own subprocess, so an out-of-memory error or a hang
+loses one row, JAX and PyTorch never share the GPU, and each peak memory is the section's own
+(``--smoke`` runs them in one process unless ``--isolate``):
 
-* ``ir50_jax``: the IR50 train step (arcface_torch IResNet-50, 112x112, bf16 compute with
-  float32 parameters) on batch 256 with a dense normalised classifier over 10,000 classes, CosFace margin (s=64, m=0.4), softmax cross-entropy, SGD momentum 0.9 with weight
-  decay 5e-4, state donated; images/s from the median of timed repeats. Model FLOPs per step
-  come from XLA's cost analysis of the compiled step (and of the lowered, unoptimised step as
-  a cross-check); MFU = FLOPs / step time / peak, against the datasheet dense bf16 peak of
-  the detected GPU (H100/H200 SXM: 989 TFLOP/s) and against a bf16 8192^3 matmul measured
-  in the same process.
-* ``ir50_torch``: the same computation in PyTorch (``hfrjax.models.torch_reference``): AMP
-  bf16 autocast around the backbone, channels-last, float32 classifier (TF32 allowed, as
-  XLA's default float32 matmul precision on GPU), SGD momentum with weight decay on every
-  parameter; its FLOPs counted by ``torch.utils.flop_counter`` as an independent check of
-  XLA's count. Skipped (not failed) when torch is missing or has no CUDA in a full run.
-* ``eval``: blockwise scoring (``score_blocks``, histogram mode: 2^20 score bins, CMC ranks)
-  of 100k probes x 100k gallery, 512-D, 10 images per identity; pairs/s of the scoring,
-  excluding compilation; then the verification metrics from the histogram.
-* ``classifier:C:scheme`` for C in {1M, 10M} and scheme in {sharded, pfc}: the classifier
-  step alone (features given, D=512, batch 256) -- `sharded_margin_softmax_loss` or
-  `partial_fc_loss` (r=0.1, masked update of the sampled rows) on a one-device
-  (data=1, model=1) mesh, gradients w.r.t. classifier and features, SGD momentum, classifier
+* ``ir50_jax``: the IR50 train step (arcface_torch IResNet-50, 112x112, bf16 compute,
+  float32 parameters), batch 256, dense normalised classifier over 10,000 classes, CosFace
+  (s=64, m=0.4), SGD momentum 0.9 and weight decay 5e-4, state donated; images/s from the
+  median of timed repeats. FLOPs per step from XLA's cost analysis of the compiled step (the
+  lowered step's as a cross-check); MFU = FLOPs / step time / peak, against the GPU's
+  datasheet dense bf16 peak (H100/H200 SXM: 989 TFLOP/s) and a bf16 8192^3 matmul timed here.
+* ``ir50_torch``: the same computation in PyTorch (``hfrjax.models.torch_reference``): bf16
+  autocast around the backbone, channels-last, float32 classifier (TF32 allowed, like XLA's
+  default on GPU), SGD momentum with weight decay on every parameter; FLOPs counted by
+  ``torch.utils.flop_counter`` to check XLA's count. Skipped when torch (or, in a full run,
+  CUDA) is missing.
+* ``eval``: ``score_blocks`` in histogram mode (2^20 bins, CMC ranks) of 100k probes x 100k
+  gallery, 512-D, 10 images per identity: pairs/s of the scoring after a compiling warm-up,
+  then the verification metrics from the histogram.
+* ``classifier:C:scheme``, C in {1M, 10M}, scheme ``sharded`` or ``pfc``: the classifier step
+  alone (features given, D=512, batch 256, ArcFace) -- `sharded_margin_softmax_loss`, or
+  `partial_fc_loss` with r=0.1 and the masked update of the sampled rows -- on a one-device
+  (data=1, model=1) mesh; gradients w.r.t. classifier and features, SGD momentum, classifier
   and momentum donated. The compiled step's ``memory_analysis()`` is checked against the
-  device's memory before running; step time is the median after warm-up.
+  device's memory first; step time is the median after warm-up.
 
-Prints one Markdown table at the end and writes every number to --out (JSON, rewritten after
-each section so a killed run keeps what finished). ``--smoke`` runs every section at tiny
-sizes on the CPU (JAX_PLATFORMS=cpu, torch on the CPU) for the test suite.
+Prints one Markdown table last and writes every number to --out (JSON, rewritten after each
+section, so a killed run keeps what finished). ``--smoke``: every section at tiny sizes on the
+CPU (JAX_PLATFORMS=cpu, torch on the CPU), for the test suite.
 """
 
 from __future__ import annotations
@@ -100,26 +97,13 @@ class Sizes:
 
 
 FULL = Sizes()
+# fmt: off
 SMOKE = Sizes(
-    layers=(1, 1, 1, 1),
-    width=8,
-    embedding=32,
-    image=32,
-    batch=8,
-    train_classes=64,
-    warmup=1,
-    steps=2,
-    repeats=2,
-    matmul=128,
-    classes=(2_000, 20_000),
-    dim=16,
-    cls_batch=8,
-    cls_steps=2,
-    eval_n=600,
-    eval_dim=16,
-    eval_block=128,
-    eval_bins=1 << 12,
+    layers=(1, 1, 1, 1), width=8, embedding=32, image=16, batch=8, train_classes=64, warmup=1,
+    steps=2, repeats=2, matmul=128, classes=(2_000, 20_000), dim=16, cls_batch=8, cls_steps=2,
+    eval_n=600, eval_dim=16, eval_block=128, eval_bins=1 << 12,
 )
+# fmt: on
 
 # Wall-clock cap of each section kind (seconds); the budget left caps it further.
 CAPS = {"ir50_jax": 210.0, "ir50_torch": 90.0, "eval": 90.0, "classifier": 60.0}
@@ -340,8 +324,8 @@ def run_ir50_torch(sizes: Sizes, deadline: float, smoke: bool) -> dict:
     dev = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
-    torch.set_float32_matmul_precision("high")  # TF32 for the float32 classifier, as XLA's
-    torch.backends.cudnn.allow_tf32 = True  # default float32 dot precision on GPU allows
+    if cuda:  # TF32 for the float32 classifier, as XLA's default f32 dot precision on GPU
+        torch.set_float32_matmul_precision("high")
     model = tr.TorchIResNet(list(sizes.layers), sizes.width, sizes.embedding, sizes.image)
     model = model.to(dev).to(memory_format=torch.channels_last)
     head = torch.nn.Parameter(0.01 * torch.randn(sizes.train_classes, sizes.embedding, device=dev))
@@ -540,7 +524,6 @@ def build_classifier_step(sizes: Sizes, num_classes: int, scheme: str, device):
 
 def run_classifier(sizes: Sizes, deadline: float, num_classes: int, scheme: str) -> dict:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from hfrjax.losses.sharded import num_sampled_rows
@@ -569,9 +552,8 @@ def run_classifier(sizes: Sizes, deadline: float, num_classes: int, scheme: str)
             f"allows {limit / 2**30:.1f} GiB"
         )
 
-    w = jax.jit(lambda k: jax.random.normal(k, (num_classes, d), jnp.float32), out_shardings=rows)(
-        jax.random.key(0)
-    )
+    normal = jax.jit(lambda k: jax.random.normal(k, (num_classes, d)), out_shardings=rows)
+    w = normal(jax.random.key(0, impl="rbg"))  # RngBitGenerator: fast for 5e9 numbers
     opt_state = jax.jit(tx.init, out_shardings=state_s)(w)
     rng = np.random.default_rng(0)
     emb = jax.device_put(rng.standard_normal((b, d), np.float32), batch_s)
@@ -648,32 +630,22 @@ def child_env(smoke: bool) -> dict:
 
 def run_in_subprocess(name: str, args, timeout: float, tmp: Path) -> dict:
     result_file = tmp / f"section_{name.replace(':', '_')}.json"
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        f"--section={name}",
-        f"--result={result_file}",
-        f"--deadline={time.time() + timeout}",
-    ]
-    if args.smoke:
-        cmd.append("--smoke")
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--section={name}"]
+    cmd += [f"--result={result_file}", f"--deadline={time.time() + timeout}"]
+    cmd += ["--smoke"] if args.smoke else []
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=child_env(args.smoke), timeout=timeout + 5)
     except subprocess.TimeoutExpired:
-        return {
-            "status": "timeout",
-            "error": f"killed after {timeout + 5:.0f} s",
-            "elapsed_s": time.perf_counter() - t,
-        }
+        return failure("timeout", f"killed after {timeout + 5:.0f} s", time.perf_counter() - t)
     if result_file.exists():
         return json.loads(result_file.read_text())
-    return {
-        "status": "error",
-        "error": f"process exited with code {proc.returncode} and no "
-        "result (crashed or killed, e.g. out of memory)",
-        "elapsed_s": time.perf_counter() - t,
-    }
+    why = f"exited with code {proc.returncode} and no result (crashed, e.g. out of memory)"
+    return failure("error", why, time.perf_counter() - t)
+
+
+def failure(status: str, error: str, elapsed_s: float) -> dict:
+    return {"status": status, "error": error, "elapsed_s": elapsed_s}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -789,19 +761,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmark_gpu.json", help="JSON file to write")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
-    parser.add_argument(
-        "--budget_s",
-        type=float,
-        default=None,
-        help="total wall-clock budget (default 450 s; 300 s with --smoke)",
-    )
+    parser.add_argument("--budget_s", type=float, help="total seconds (450; 300 with --smoke)")
     parser.add_argument("--sections", default="", help="comma-separated subset of sections")
-    parser.add_argument(
-        "--isolate",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="one subprocess per section (default: yes, except with --smoke)",
-    )
+    isolate_help = "one subprocess per section (default: yes, except with --smoke)"
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, help=isolate_help)
     parser.add_argument("--section", help=argparse.SUPPRESS)  # child: run this section
     parser.add_argument("--result", help=argparse.SUPPRESS)  # child: write its record here
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -816,13 +779,8 @@ def main(argv=None) -> int:
     budget = args.budget_s if args.budget_s is not None else (300.0 if args.smoke else 450.0)
     isolate = (not args.smoke) if args.isolate is None else args.isolate
     if not isolate:  # before jax or torch is first imported, in this process
-        os.environ.update(
-            {
-                k: v
-                for k, v in child_env(args.smoke).items()
-                if k.startswith(("JAX_", "CUDA_", "XLA_"))
-            }
-        )
+        env = child_env(args.smoke).items()
+        os.environ.update({k: v for k, v in env if k.startswith(("JAX_", "CUDA_", "XLA_"))})
     start = time.time()
     names = section_names(sizes)
     if args.sections:
@@ -850,21 +808,16 @@ def main(argv=None) -> int:
         left = budget - (time.time() - start)
         cap = min(CAPS[name.split(":")[0]], left)
         if cap < 5:
-            rec = {
-                "status": "timeout",
-                "error": "total time budget spent before it started",
-                "elapsed_s": 0.0,
-            }
+            rec = failure("timeout", "total time budget spent before it started", 0.0)
         elif isolate:
             rec = run_in_subprocess(name, args, cap, tmp)
         else:
             rec = guarded(name, sizes, time.time() + cap, args.smoke)
         report["sections"][name] = rec
         report["elapsed_s"] = time.time() - start
+        why = "" if rec["status"] == "ok" else f" -- {rec.get('error') or rec.get('reason')}"
         print(
-            f"[benchmark_gpu] {name}: {rec['status']} in {rec.get('elapsed_s', 0):.1f} s"
-            + (f" -- {rec.get('error') or rec.get('reason')}" if rec["status"] != "ok" else ""),
-            flush=True,
+            f"[benchmark_gpu] {name}: {rec['status']} in {rec['elapsed_s']:.1f} s{why}", flush=True
         )
         write_json(out, report)
     for f in tmp.glob("*.json"):
