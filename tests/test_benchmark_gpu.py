@@ -152,6 +152,10 @@ def test_time_budget_and_bad_section_names(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "unknown section(s) ['ir50']" in bad.stderr
+    # A failing section becomes an error record (with its traceback), not an exception.
+    rec = bench.guarded("nonsense", bench.SMOKE, deadline=0.0, smoke=True)
+    assert rec["status"] == "error" and "unknown section 'nonsense'" in rec["error"]
+    assert "Traceback" in rec["traceback"] and rec["elapsed_s"] >= 0
 
 
 def test_peaks_flops_and_derived_rows():
