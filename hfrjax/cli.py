@@ -7,6 +7,15 @@ hfrjax convert nirvis --dataset casia-nirvis2|lamp-hq|oulu-casia|buaa --root DIR
 hfrjax convert folder --root DIR --out DIR [--csv FILE]   # your own images
 hfrjax align --src DIR --landmarks FILE --out DIR [--size 112|128]
 
+hfrjax export EXPORT_DIR --format onnx|jax --out FILE     # ONNX (InsightFace layout) / jax.export
+hfrjax import-onnx MODEL.onnx --out DIR                   # model-zoo IResNet -> hfrjax export
+hfrjax embed FACES --model MODEL --out DIR                # embeddings.npy + keys.json
+hfrjax verify A B --model MODEL                           # cosine similarity, same/different
+hfrjax verify --calibrate DATASET --model MODEL --far 1e-3
+hfrjax search --model MODEL --probes FACES --gallery FACES_OR_EMBED_DIR [-k 5]
+
+MODEL is an hfrjax export directory, an .onnx file or a .jaxexport file.
+
 Every subcommand takes --help.
 """
 
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, module, help_ in _CONVERTERS:
         _add_module_command(csub, name, module, help_)
     _add_module_command(sub, "align", "hfrjax.data.align", "5-point alignment to the template")
+    for name, module, help_ in _DEPLOY_COMMANDS:
+        _add_module_command(sub, name, module, help_)
     args = ap.parse_args(argv)
     return args.fn(args)
 
@@ -81,6 +92,15 @@ _CONVERTERS = (
     ("rec", "hfrjax.data.convert.recordio", "InsightFace RecordIO (train.rec + train.idx)"),
     ("nirvis", "hfrjax.data.convert.nirvis", "CASIA NIR-VIS 2.0, LAMP-HQ, Oulu-CASIA, BUAA"),
     ("folder", "hfrjax.data.convert.folders", "root/<identity>/<modality>/* or a CSV list"),
+)
+
+
+_DEPLOY_COMMANDS = (
+    ("export", "hfrjax.deploy.commands.export", "export a model to ONNX or serialized JAX"),
+    ("import-onnx", "hfrjax.deploy.commands.import_onnx", "import a model-zoo ONNX IResNet"),
+    ("embed", "hfrjax.deploy.commands.embed", "embed faces to .npy + keys .json (resumable)"),
+    ("verify", "hfrjax.deploy.commands.verify", "compare two faces; calibrate the threshold"),
+    ("search", "hfrjax.deploy.commands.search", "top-k gallery identities of probe faces"),
 )
 
 
