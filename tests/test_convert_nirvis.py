@@ -486,7 +486,7 @@ def test_folder_tree_layout(tmp_path):
 
     _write(root / "Dan" / "thermal" / "d1.png", _image(1, "png", False))
     res = folders.convert_folder(root, tmp_path / "b", progress=False)
-    assert res["modalities"] == {"vis": 4, "nir": 3, "ir": 1}  # Thermal -> the "ir" modality.
+    assert res["modalities"] == {"vis": 4, "nir": 3, "thermal": 1}  # Thermal -> "thermal".
     (root / "Dan" / "thermal" / "d1.png").rename(root / "Dan" / "depth.png")
     (root / "Dan" / "thermal").rmdir()
     with pytest.raises(ConversionError, match=r"1 image\(s\) lie directly"):

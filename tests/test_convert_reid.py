@@ -254,14 +254,14 @@ def _regdb(root):
     with labels renumbered 0.. within each list. Returns {(modality, id): [key, ...]}."""
     keys = {}
     for pid in REGDB_IDS:
-        for folder, letter, mod in (("Visible", "v", "vis"), ("Thermal", "t", "ir")):
+        for folder, letter, mod in (("Visible", "v", "vis"), ("Thermal", "t", "thermal")):
             for j in (1, 2):
                 rel = f"{folder}/{pid}/{_regdb_name(pid, j, letter)}"
                 _write(root / rel, _image(20 + 35 * pid, "bmp", mod == "vis", pid * 10 + j))
                 keys.setdefault((mod, pid), []).append(rel[: -len(".bmp")])
     for k, (train, test) in REGDB_TRIALS.items():
         for split, ids in (("train", train), ("test", test)):
-            for folder, name, mod in (("Visible", "visible", "vis"), ("Thermal", "thermal", "ir")):
+            for folder, name, mod in (("Visible", "visible", "vis"), ("Thermal", "thermal", "thermal")):
                 lines = [
                     f"{key}.bmp {label}\n"
                     for label, pid in enumerate(ids)
@@ -283,7 +283,7 @@ def test_regdb_round_trip_and_trials(regdb, tmp_path):
     result = convert.convert_reid("regdb", root, out, num_shards=3, progress=False)
     ds, samples = _samples(out)
     assert len(samples) == 24
-    assert ds.info.modalities == {"vis": 12, "ir": 12}
+    assert ds.info.modalities == {"vis": 12, "thermal": 12}
     assert ds.info.class_names == [str(i) for i in REGDB_IDS]
     for (mod, pid), ks in keys.items():
         for k in ks:
@@ -294,16 +294,16 @@ def test_regdb_round_trip_and_trials(regdb, tmp_path):
     assert (protocol.num_folds, protocol.gallery_modality, protocol.probe_modality) == (
         2,
         "vis",
-        "ir",
+        "thermal",
     )
     for k, (train, test) in REGDB_TRIALS.items():
         fold = protocol.fold(k)
         assert fold.train == {
             "vis": [x for p in train for x in keys[("vis", p)]],
-            "ir": [x for p in train for x in keys[("ir", p)]],
+            "thermal": [x for p in train for x in keys[("thermal", p)]],
         }
         assert fold.gallery == [x for p in test for x in keys[("vis", p)]]
-        assert fold.probe == [x for p in test for x in keys[("ir", p)]]
+        assert fold.probe == [x for p in test for x in keys[("thermal", p)]]
         counts = result["folds"][k - 1]["counts"]
         assert (counts["train_ids"], counts["test_ids"], counts["train_test_shared_ids"]) == (
             3,
@@ -326,13 +326,13 @@ def test_regdb_bad_lists_are_named(regdb, tmp_path):
     with pytest.raises(ConversionError, match="lies under Thermal/"):
         convert.convert_reid("regdb", root, tmp_path / "b", progress=False)
     lst.write_text(text)
-    missing = root / f"{keys[('ir', 5)][1]}.bmp"
+    missing = root / f"{keys[('thermal', 5)][1]}.bmp"
     missing.unlink()
     with pytest.raises(ConversionError, match="1 file.* do not exist"):
         convert.convert_reid("regdb", root, tmp_path / "c", progress=False)
     result = convert.convert_reid("regdb", root, tmp_path / "d", on_bad="skip", progress=False)
     assert result["report"]["skipped"]["missing file"]["count"] == 1
-    assert keys[("ir", 5)][1] not in Protocol.load(tmp_path / "d").fold(1).probe
+    assert keys[("thermal", 5)][1] not in Protocol.load(tmp_path / "d").fold(1).probe
     (root / "idx/test_thermal_2.txt").unlink()
     with pytest.raises(ConversionError, match="trial 2: list"):
         convert.convert_reid("regdb", root, tmp_path / "e", progress=False)

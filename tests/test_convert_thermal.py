@@ -68,13 +68,13 @@ def _arlvtf(root):
             sets.setdefault("G_VB0+", []).append(image(s, "baseline/vis/glasses_0", "vis"))
         base, expr = ("P_TB-", "P_TE-") if glasses else ("P_TB0", "P_TE0")
         for j in range(2):
-            sets.setdefault(base, []).append(image(s, f"baseline/lwir/noglasses_{j}", "ir"))
-            sets.setdefault(expr, []).append(image(s, f"expression/lwir/noglasses_{j}", "ir"))
+            sets.setdefault(base, []).append(image(s, f"baseline/lwir/noglasses_{j}", "thermal"))
+            sets.setdefault(expr, []).append(image(s, f"expression/lwir/noglasses_{j}", "thermal"))
             if glasses:
-                sets.setdefault("P_TB+", []).append(image(s, f"baseline/lwir/glasses_{j}", "ir"))
+                sets.setdefault("P_TB+", []).append(image(s, f"baseline/lwir/glasses_{j}", "thermal"))
     for s in TRAIN_SUBJECTS:
         sets.setdefault("train_visible", []).append(image(s, "baseline/vis/noglasses_0", "vis"))
-        sets.setdefault("train_thermal", []).append(image(s, "baseline/lwir/noglasses_0", "ir"))
+        sets.setdefault("train_thermal", []).append(image(s, "baseline/lwir/noglasses_0", "thermal"))
     for name, keys in sets.items():
         if name == "P_TE0":  # Identity column, comma-separated.
             lines = [f"{k}.png,sub_{k[4:8]}" for k in keys]
@@ -104,21 +104,21 @@ def test_arlvtf_sets_become_named_folds(arlvtf, tmp_path):
     all_keys = {k for keys in sets.values() for k in keys}
     assert set(samples) == all_keys
     n_vis = len(sets["G_VB0-"]) + len(sets["G_VB0+"]) + len(sets["train_visible"])
-    assert ds.info.modalities == {"vis": n_vis, "ir": len(all_keys) - n_vis}
+    assert ds.info.modalities == {"vis": n_vis, "thermal": len(all_keys) - n_vis}
     assert ds.info.class_names == [f"sub_{i:04d}" for i in range(1, 7)]
     for k, s in samples.items():
         assert s.identity == k.split("/")[0]
-        assert s.modality == ("vis" if "/vis/" in k else "ir")
+        assert s.modality == ("vis" if "/vis/" in k else "thermal")
         assert s.image == (root / f"{k}.png").read_bytes()
 
     protocol = Protocol.load(out)
     assert protocol.fold_names == [f"{p}|{g}" for p in PROBES for g in GALLERIES]
-    assert (protocol.gallery_modality, protocol.probe_modality) == ("vis", "ir")
+    assert (protocol.gallery_modality, protocol.probe_modality) == ("vis", "thermal")
     for k in range(1, protocol.num_folds + 1):
         p, g = protocol.fold_name(k).split("|")
         fold = protocol.fold(k)
         assert (fold.probe, fold.gallery) == (sets[p], sets[g])
-        assert fold.train == {"ir": sets["train_thermal"], "vis": sets["train_visible"]}
+        assert fold.train == {"thermal": sets["train_thermal"], "vis": sets["train_visible"]}
     counts = {f["name"]: f["counts"] for f in result["folds"]}
     assert counts["P_TB+|G_VB0+"]["gallery_ids"] == 2
     assert counts["P_TB0|G_VB0+"]["probe_ids_without_gallery"] == 2  # Impostor pairs only.
@@ -151,7 +151,7 @@ def test_arlvtf_bad_input_is_named(arlvtf, tmp_path):
         thermal.convert_arlvtf(root, tmp_path / "b", progress=False)
     lst.write_text(good + f"{sets['P_TB-'][0]}.png sub_0001\n")  # Subject 3's file as subject 1.
     with pytest.raises(
-        ConversionError, match=r"ir of identity 'sub_000[13]' here but ir of identity 'sub_000[13]'"
+        ConversionError, match=r"thermal of identity 'sub_000[13]' here but thermal of identity 'sub_000[13]'"
     ):
         thermal.convert_arlvtf(root, tmp_path / "c", progress=False)
     lst.write_text(good)
@@ -172,7 +172,7 @@ def test_arlvtf_protocol_runs_through_face_evaluation(arlvtf, tmp_path):
         return np.eye(8, dtype=np.float32)[images[:, 0, 0, 0] // 20]
 
     res = eval_protocols.evaluate_protocol(
-        embed, out, folds=[1, 6], direction="ir->vis", batch_size=8, num_threads=1
+        embed, out, folds=[1, 6], direction="thermal->vis", batch_size=8, num_threads=1
     )
     assert res["mean"]["TAR@FAR=1e-2"] == pytest.approx(1.0)
     assert res["mean"]["EER"] == pytest.approx(0.0)
@@ -210,7 +210,7 @@ def test_set_list_folds_roles_and_modalities(tmp_path):
     out = tmp_path / "out"
     result = thermal.convert_set_list(root, root / "sets.csv", out, progress=False)
     ds, samples = _samples(out)
-    assert len(samples) == 12 and ds.info.modalities == {"vis": 6, "ir": 6}
+    assert len(samples) == 12 and ds.info.modalities == {"vis": 6, "thermal": 6}
     assert samples[keys[(1, "RGB", 1)]].modality == "vis"  # Converted though in no set.
     protocol = Protocol.load(out)
     assert protocol.name == "thermal-set" and result["dataset"] == "thermal-set"
@@ -225,7 +225,7 @@ def test_set_list_folds_roles_and_modalities(tmp_path):
         ]
     )
     assert protocol.fold(1).train == {
-        "ir": [keys[(3, "thermal", 0)], keys[(3, "thermal", 1)]],
+        "thermal": [keys[(3, "thermal", 0)], keys[(3, "thermal", 1)]],
         "vis": [keys[(3, "RGB", 0)], keys[(3, "RGB", 1)]],
     }
     thermal.convert_set_list(

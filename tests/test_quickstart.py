@@ -58,3 +58,16 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path):
     assert "train step" not in second
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["fine_tuned"]["mean"] == results["fine_tuned"]["mean"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.slow
+def test_two_fresh_quickstarts_write_identical_results(tmp_path):
+    """Same command, same seed, same machine: byte-identical results.json (timings live in
+    timing.json)."""
+    _run(tmp_path / "a")
+    _run(tmp_path / "b")
+    a = (tmp_path / "a" / "results.json").read_bytes()
+    assert a == (tmp_path / "b" / "results.json").read_bytes()

@@ -655,6 +655,7 @@ def _concat_records(tables: Sequence[RecordTable]) -> RecordTable:
         modality=np.concatenate([t.modality for t in tables]),
         key=np.concatenate([t.key for t in tables]),
         record=np.concatenate([t.record for t in tables]),
+        yaw=np.concatenate([t.yaw for t in tables]),
     )
 
 

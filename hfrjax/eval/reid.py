@@ -228,8 +228,8 @@ _MODALITY_WORDS = {
     "visible": "vis",
     "rgb": "vis",
     "ir": "ir",
-    "thermal": "ir",
-    "lwir": "ir",
+    "thermal": "thermal",
+    "lwir": "thermal",
     "nir": "nir",
 }
 
@@ -248,7 +248,7 @@ def _role(protocol: Protocol, direction: str) -> str:
 
     def modality(word: str) -> str | None:
         if word == "infrared":  # Whichever infrared band the protocol holds.
-            return next((m for m in (p, g) if m in ("nir", "ir")), None)
+            return next((m for m in (p, g) if m in ("nir", "ir", "thermal")), None)
         return _MODALITY_WORDS.get(word)
 
     q, t = modality(parts[0]), modality(parts[1])

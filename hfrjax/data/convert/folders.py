@@ -5,7 +5,7 @@ Two input layouts:
 
 * ``layout="tree"``: ``root/<identity>/<modality>/**/<file>.{jpg,jpeg,png,bmp}``; the modality
   folder's name is looked up case-insensitively in `MODALITY_ALIASES` (vis/rgb/visible -> "vis",
-  nir/ir -> "nir", thermal/lwir -> "ir", the library's thermal modality). Any other folder name is an error naming it and the allowed names.
+  nir/ir -> "nir", thermal/lwir -> "thermal"). Any other folder name is an error naming it and the allowed names.
 * ``layout="csv"``: a CSV file with a header holding the columns ``path,identity,modality``
   (``path`` relative to ``root`` or absolute under it; modality names as above).
 
@@ -64,8 +64,8 @@ MODALITY_ALIASES = {
     "visible": "vis",
     "nir": "nir",
     "ir": "nir",  # Folders named "IR" in NIR-VIS data hold near infrared.
-    "thermal": "ir",  # The library's "ir" modality is thermal infrared.
-    "lwir": "ir",
+    "thermal": "thermal",  # Long-wave (thermal) infrared.
+    "lwir": "thermal",
 }
 """Modality folder / CSV value (lower-cased) -> stored modality name."""
 

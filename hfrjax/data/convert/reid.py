@@ -32,7 +32,7 @@ Images from Visible Light and Thermal Cameras", Sensors 2017)
     = the train lists, gallery = the visible test list, probes = the thermal test list; the
     evaluation runs it thermal->visible or, swapped, visible->thermal (`hfrjax.eval.reid`).
 
-Thermal images are stored with the library's thermal modality name, "ir"
+Thermal images are stored with the library's thermal modality name, "thermal"
 (`hfrjax.data.tfrecord.MODALITIES`); SYSU's infrared cameras are near infrared, "nir".
 
 Keys are paths relative to ``root`` with '/' separators and without extension; labels are
@@ -89,8 +89,8 @@ REGDB_LISTS = {
     "gallery": "idx/test_visible_{k}.txt",
     "probe": "idx/test_thermal_{k}.txt",
 }
-REGDB_ROLE_MODALITY = {"train_vis": "vis", "train_ir": "ir", "gallery": "vis", "probe": "ir"}
-REGDB_MODALITY_DIRS = {"visible": "vis", "thermal": "ir"}
+REGDB_ROLE_MODALITY = {"train_vis": "vis", "train_ir": "thermal", "gallery": "vis", "probe": "thermal"}
+REGDB_MODALITY_DIRS = {"visible": "vis", "thermal": "thermal"}
 APPROX_TOLERANCE = 0.05  # "~N" in EXPECTED: within 5 %.
 
 EXPECTED: dict[str, dict[str, Any]] = {
@@ -581,14 +581,14 @@ def _regdb(
         "regdb",
         [
             Fold(
-                train={"vis": f["train_vis"], "ir": f["train_ir"]},
+                train={"vis": f["train_vis"], "thermal": f["train_ir"]},
                 gallery=f["gallery"],
                 probe=f["probe"],
             )
             for f in folds
         ],
         "vis",
-        "ir",
+        "thermal",
         f"RegDB: {len(folds)} trials read from the dataset's idx/ lists; gallery = the visible "
         "test list, probes = the thermal test list (swap them for visible->thermal)",
     )

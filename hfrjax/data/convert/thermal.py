@@ -30,7 +30,7 @@ Each line is ``relative/path`` or ``relative/path identity`` (whitespace- or com
 without an identity column the identity is the first component of the path (the subject
 folder). Folds: every probe set against every gallery set, probe sets in `ARLVTF_PROBE_SETS`
 order; each fold's training lists are the optional train lists. Visible images are stored as
-"vis", thermal ones as the library's thermal modality "ir".
+"vis", thermal ones as the library's thermal modality "thermal".
 
 `convert_set_list` converts any other thermal-visible (or NIR-visible) set described by a CSV
 with the header columns ``path,identity,modality,set``: ``modality`` as in
@@ -86,8 +86,8 @@ ARLVTF_GALLERY_SETS = ("G_VB0-", "G_VB0+")
 ARLVTF_PROBE_SETS = ("P_TB0", "P_TB-", "P_TB+", "P_TE0", "P_TE-")
 ARLVTF_OPTIONAL_SETS = ("P_TP0", "P_TP-")
 ARLVTF_LIST_TEMPLATE = "protocols/{set}.txt"
-ARLVTF_TRAIN_LISTS = {"vis": "protocols/train_visible.txt", "ir": "protocols/train_thermal.txt"}
-ARLVTF_SPECTRUM = {"V": "vis", "T": "ir"}
+ARLVTF_TRAIN_LISTS = {"vis": "protocols/train_visible.txt", "thermal": "protocols/train_thermal.txt"}
+ARLVTF_SPECTRUM = {"V": "vis", "T": "thermal"}
 ARLVTF_EXPECTED = {
     "train_ids": 295,
     "test_ids": {"G_VB0-": 100},
@@ -103,7 +103,7 @@ PAIR_SEPARATOR = "|"
 
 
 def arlvtf_set_modality(name: str) -> str:
-    """The stored modality of an ARL-VTF set name (G_VB0- -> "vis", P_TB0 -> "ir")."""
+    """The stored modality of an ARL-VTF set name (G_VB0- -> "vis", P_TB0 -> "thermal")."""
     m = SET_NAME.match(name)
     if m is None:
         raise ValueError(
