@@ -131,3 +131,18 @@ def test_weight_converters_take_a_pth_path(tmp_path):
         strip_prefix(tmp_path / "list.pth")
     with pytest.raises(TypeError, match="expected a state_dict"):
         strip_prefix(3)
+
+
+def test_every_documented_field_is_settable_on_every_shipped_config():
+    import importlib
+
+    from hfrjax.tasks import parse_config
+
+    sys.path.insert(0, str(REPO))
+    qs = importlib.import_module("configs.quickstart")
+    for stage in ("pretrain", "finetune"):
+        c = qs.get_config(stage)
+        c.input.on_corrupt = "skip"  # Documented in the README's data section.
+        c.model.kwargs.layers = (2, 2, 2, 2)  # Tuples: overridable from the command line.
+        _, _, task_cfg = parse_config(c)
+        assert task_cfg.input.on_corrupt == "skip" and task_cfg.model.kwargs["layers"] == (2, 2, 2, 2)

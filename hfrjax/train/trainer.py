@@ -254,6 +254,7 @@ class _Runner:
                     last = self._check(pending)
                 pending = (metrics, step)  # Fetched one step late to keep the device busy.
                 if step % self.cfg.log_every == 0 or step == total:
+                    self.ckpt.check_for_errors()  # A failed async save (disk full) surfaces now.
                     last, pending = self._check(pending), None
                     self.writer.write(step, last)
                     say(progress.line(step, last))
