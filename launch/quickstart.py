@@ -147,7 +147,7 @@ def main(argv):
     tuned = dict(zero, folds=per_fold, mean=mean, std=std, curves=curves)
 
     _say("[5/5] exporting the fold-1 fine-tuned backbone; partial-face probes; reports")
-    trainer.export_from_workdir(str(work / "finetune" / "fold_1"), str(work / "export"))
+    export.export_from_workdir(str(work / "finetune" / "fold_1"), str(work / "export"))
     runs = {"zero-shot (VIS pretraining)": zero, "fine-tuned (MEC, frozen classifier)": tuned}
     report.write_report(runs, work / "report", title="Quickstart: NIR->VIS, synthetic target set")
     embedder = export.load_embedder(work / "export")

@@ -108,7 +108,7 @@ def test_ssc_rows_are_the_target_slice_and_stay_frozen(dirs, pretrained, tmp_pat
     # Fold-1 training identities are raw labels 4..7 = pretrained rows 5..8, in label order.
     want = weight[5:9] / np.linalg.norm(weight[5:9], axis=1, keepdims=True)
     head = np.asarray(result.state.params["head"]["weight"])
-    np.testing.assert_array_equal(result.class_labels, [4, 5, 6, 7])
+    np.testing.assert_array_equal(result.setup.meta["class_labels"], [4, 5, 6, 7])
     np.testing.assert_allclose(head, want, rtol=1e-6)
     assert int(result.state.step) > 0
 
