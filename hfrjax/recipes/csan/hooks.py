@@ -50,6 +50,7 @@ DIAG_KEYS = (
 )
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 DIAGNOSTICS_PLOT = "diagnostics.png"
+CLUSTERING_FILE = "clustering.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,8 @@ class PseudoLabelHook:
         )
         self._last_end: float | None = None
         self._last_epoch: int | None = None
+        self._last_stage_end: float | None = None
+        self._last_stage: int | None = None
 
     # -- Hook interface ----------------------------------------------------------------------
 
@@ -132,10 +135,12 @@ class PseudoLabelHook:
         if step == 0:
             feats = self._embed(hctx, state, self.store)
             self._initial(host, feats)
+            self._last_stage_end, self._last_stage = time.perf_counter(), 0
         k = s.stage_of(step)
         if k is not None:
             feats = self._embed(hctx, state, self.store)
             self._merge(host, feats, k)
+            self._stage_record(hctx, host, k, step, t0)
         e = s.epoch_of(step)
         record = None
         if e is not None and not host["stopped"]:
@@ -294,22 +299,48 @@ class PseudoLabelHook:
         )
         return record
 
-    def _write_record(self, hctx, record: dict) -> None:
-        """Appends to diagnostics.jsonl (replacing records of this and later epochs, so a
-        resumed run keeps one per epoch) and redraws the PNG."""
-        path = Path(hctx.workdir) / DIAGNOSTICS_FILE
-        if jax.process_index() != 0:
-            return
+    def _stage_record(self, hctx, host: dict, stage: int, step: int, t0: float) -> None:
+        """clustering.jsonl: each merge stage's cluster counts and quality (identities are
+        monitored only), with the stage's clustering time and the preceding training time."""
+        n_rgb = self.store.num_rgb
+        record = {"stage": stage, "step": step}
+        for m, rows in (("rgb", slice(0, n_rgb)), ("ir", slice(n_rgb, None))):
+            y, t = host["raw_cluster"][rows].astype(np.int64), self.store.truth[rows]
+            record[f"{m}_clusters"] = diagnostics.num_clusters(y)
+            record[f"{m}_purity"] = diagnostics.cluster_purity(y, t)
+            record[f"{m}_nmi"] = diagnostics.normalized_mutual_info(y, t)
+        if stage == self.schedule.stages:
+            kept = host["cluster"].astype(np.int64)
+            record["rgb_kept"] = diagnostics.num_clusters(kept[:n_rgb])
+            record["ir_kept"] = diagnostics.num_clusters(kept[n_rgb:])
+        record["hook_seconds"] = time.perf_counter() - t0
+        if self._last_stage_end is not None and self._last_stage == stage - 1:
+            record["train_seconds"] = t0 - self._last_stage_end
+        self._last_stage_end, self._last_stage = time.perf_counter(), stage
+        self._append(hctx, CLUSTERING_FILE, "stage", record)
+
+    def _append(self, hctx, name: str, key: str, record: dict) -> list[dict]:
+        """Appends ``record`` to a JSON-lines file of the workdir, dropping records whose
+        ``key`` is not below the new one's (a resumed run keeps one record each)."""
+        path = Path(hctx.workdir) / name
         history = []
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     r = json.loads(line)
-                    if r.get("epoch", -1) < record["epoch"]:
+                    if r.get(key, -1) < record[key]:
                         history.append(r)
         history.append(record)
-        text = "".join(json.dumps(r, default=float) + "\n" for r in history)
-        write_text_atomic(path, text)
+        if jax.process_index() == 0:
+            text = "".join(json.dumps(r, default=float) + "\n" for r in history)
+            write_text_atomic(path, text)
+        return history
+
+    def _write_record(self, hctx, record: dict) -> None:
+        """diagnostics.jsonl (one record per epoch) and its PNG."""
+        history = self._append(hctx, DIAGNOSTICS_FILE, "epoch", record)
+        if jax.process_index() != 0:
+            return
         diagnostics.plot_diagnostics(
             history, Path(hctx.workdir) / DIAGNOSTICS_PLOT, title="CSAN pseudo-labels per epoch"
         )

@@ -270,7 +270,9 @@ def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
 
 
 def _diag_metrics(extra) -> dict:
-    return {f"pl/{k}": extra["diag"][i] for i, k in enumerate(hooks_lib.DIAG_KEYS)}
+    out = {f"pl/{k}": extra["diag"][i] for i, k in enumerate(hooks_lib.DIAG_KEYS)}
+    out["early_stopped"] = extra["stopped"]
+    return out
 
 
 def _finish_loss(params, model_state, extra, batches, rng):

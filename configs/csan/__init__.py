@@ -1,0 +1,1 @@
+"""CSAN configs: RegDB, ARL-VTF, the synthetic scale, and the synthetic Table I / λ sweep."""
