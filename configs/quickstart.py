@@ -22,7 +22,7 @@ Expected result (2-core x86_64 CPU, seed 0, 10 folds, NIR->VIS, mean ± std %), 
 4.5 minutes (launch/quickstart.py, everything included):
   zero-shot (VIS pretraining):  TAR@FAR=1e-3 3.47 ± 0.65, TAR@FAR=1e-2 9.80 ± 1.75,
                                 Rank-1 12.43 ± 2.60
-  fine-tuned (MEC, frozen):     TAR@FAR=1e-3 10.47 ± 3.45, TAR@FAR=1e-2 30.40 ± 4.49,
+  fine-tuned (MEC, frozen):     TAR@FAR=1e-3 10.50 ± 3.47, TAR@FAR=1e-2 30.40 ± 4.49,
                                 Rank-1 38.17 ± 3.95
 """
 
