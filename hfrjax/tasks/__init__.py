@@ -20,6 +20,7 @@ _REGISTRY: dict[str, Any] = {}
 TASK_MODULES = {
     "classification": "hfrjax.tasks.classification",
     "rethink": "hfrjax.recipes.rethink.task",
+    "ssn": "hfrjax.recipes.ssn.task",
     "csan": "hfrjax.recipes.csan.task",
     "ftl": "hfrjax.recipes.ftl.task",
 }
