@@ -1,17 +1,23 @@
-"""What every converter shares: image checks, missing-file reports, progress lines.
+"""What every converter shares: the bad-input policy and its reports, progress lines, finding
+and naming the input images, and the command-line plumbing.
 
 Bad input is never dropped silently: a missing file or an undecodable image is either fatal
 (``on_bad="raise"``, the default) or skipped *and counted* (``on_bad="skip"``), and every
 converter ends with a `ConversionReport` that names counts and the first few offenders.
+Writing the dataset (shards, dataset.json, protocol, conversion.json) is
+`hfrjax.data.convert.writing`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 from hfrjax.data import augment
 
@@ -40,11 +46,17 @@ def sniff_format(data: bytes) -> str:
     return "unknown"
 
 
+def show_some(items: Sequence) -> str:
+    """The first few items, comma-separated, and how many more there are."""
+    more = f" (and {len(items) - SHOW} more)" if len(items) > SHOW else ""
+    return ", ".join(map(str, items[:SHOW])) + more
+
+
 def missing_files_error(missing: Sequence[str], what: str) -> ConversionError:
     """An error naming how many files are missing and the first few."""
-    shown = ", ".join(map(str, missing[:SHOW]))
-    more = f" (and {len(missing) - SHOW} more)" if len(missing) > SHOW else ""
-    return ConversionError(f"{len(missing)} file(s) listed in {what} do not exist: {shown}{more}")
+    return ConversionError(
+        f"{len(missing)} file(s) listed in {what} do not exist: {show_some(missing)}"
+    )
 
 
 @dataclasses.dataclass
@@ -116,3 +128,114 @@ class ProgressLine:
             file=self.stream,
             flush=True,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Input images.
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+"""File name endings read as images (case-insensitive); other files are ignored and counted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceImage:
+    """One image file to convert and the metadata it gets."""
+
+    path: Path  # The file on disk.
+    source: str  # Its path relative to the input root, '/'-separated (for sources.tsv).
+    key: str
+    identity: str
+    modality: str
+
+
+def relative_parts(path: str) -> list[str] | None:
+    """The components of a relative path written with '/' or '\\' ('.' and empty ones
+    dropped); None if nothing is left or a component is '..'."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    return None if not parts or ".." in parts else parts
+
+
+def relative_key(rel: str) -> str:
+    """The sample key of a relative path: '/' separators, no extension.
+
+    ``s2\\NIR\\10153\\001.bmp`` -> ``s2/NIR/10153/001``.
+    """
+    parts = relative_parts(rel)
+    if parts is None:
+        raise ValueError(f"not a relative file path: {rel!r}")
+    stem, dot, _ = parts[-1].rpartition(".")
+    return "/".join([*parts[:-1], stem if dot and stem else parts[-1]])
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value ("id2" < "id10"); ties broken by the name."""
+    parts = re.split(r"(\d+)", name)  # Alternates text, digits, text, ...: types line up.
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), name
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def input_root(root: str | Path, what: str) -> Path:
+    """``root`` as a Path; ConversionError "<what> root ... is not a directory" otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConversionError(f"{what} root {root} is not a directory")
+    return root
+
+
+def check_out_dir(root: Path, out_dir: Path, scans_root: bool) -> None:
+    """Refuses to write into the input: a tree scan would read our own output next time."""
+    r, o = root.resolve(), out_dir.resolve()
+    if o == r or (scans_root and r in o.parents):
+        raise ConversionError(
+            f"output directory {out_dir} lies inside the input root {root}; choose another"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Command lines (``hfrjax convert <format>``).
+
+ON_BAD_HELP = "missing/undecodable images: fail, or skip, count and drop them from the protocol"
+
+
+def add_io_arguments(parser: argparse.ArgumentParser, root_help: str) -> None:
+    """``--root`` (the input) and ``--out`` (the dataset directory)."""
+    parser.add_argument("--root", required=True, help=root_help)
+    parser.add_argument("--out", required=True, help="output dataset directory")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, on_bad_help: str = ON_BAD_HELP) -> None:
+    """``--shards`` and ``--on_bad``; with ``--quiet``, what `converter_options` reads."""
+    parser.add_argument("--shards", type=int, default=8, help="number of TFRecord shards")
+    parser.add_argument("--on_bad", default="raise", choices=list(ON_BAD), help=on_bad_help)
+
+
+def converter_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments ``--shards``, ``--on_bad`` and ``--quiet`` stand for."""
+    return {"num_shards": args.shards, "on_bad": args.on_bad, "progress": not args.quiet}
+
+
+def usage_error(message: str) -> int:
+    """Prints "error: <message>" to stderr; returns 2, a command's status for bad input."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_converter(
+    convert: Callable[..., Any],
+    *args: Any,
+    errors: tuple[type[Exception], ...] = (ConversionError,),
+    then: Callable[[Any], None] | None = None,
+    **kwargs: Any,
+) -> int:
+    """A command's body: ``convert(*args, **kwargs)``, then ``then(result)``; 0 on success, 2
+    with the message on stderr when the conversion raises one of ``errors`` (bad input)."""
+    try:
+        result = convert(*args, **kwargs)
+    except errors as e:
+        return usage_error(str(e))
+    if then is not None:
+        then(result)
+    return 0

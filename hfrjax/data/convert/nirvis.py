@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,22 +60,27 @@ from typing import Any
 import numpy as np
 
 from hfrjax.data.convert.common import (
-    SHOW,
     ConversionError,
     ConversionReport,
-    check_on_bad,
-    missing_files_error,
-)
-from hfrjax.data.convert.folders import (
     SourceImage,
+    add_io_arguments,
+    add_output_arguments,
+    check_on_bad,
     check_out_dir,
-    fold_counts,
-    fold_warnings,
+    converter_options,
+    input_root,
     is_image_file,
+    missing_files_error,
     natural_key,
     relative_key,
-    write_dataset,
-    write_report,
+    run_converter,
+    show_some,
+    usage_error,
+)
+from hfrjax.data.convert.writing import (  # noqa: F401 - APPROX_TOLERANCE re-exported.
+    APPROX_TOLERANCE,
+    Conversion,
+    finish_conversion,
 )
 from hfrjax.data.protocol import Fold, Protocol
 
@@ -134,7 +138,6 @@ class BuaaSpec:
 
 OULU_SPEC = OuluSpec()
 BUAA_SPEC = BuaaSpec()
-APPROX_TOLERANCE = 0.05  # "~N" in EXPECTED: within 5%.
 
 
 def expected_counts(dataset: str, spec: OuluSpec | BuaaSpec | None = None) -> dict[str, Any]:
@@ -209,11 +212,6 @@ def _files(d: Path) -> list[Path]:
         (p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")),
         key=lambda p: natural_key(p.name),
     )
-
-
-def _show(items: list[str]) -> str:
-    more = f" (and {len(items) - SHOW} more)" if len(items) > SHOW else ""
-    return ", ".join(items[:SHOW]) + more
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -318,7 +316,7 @@ def _list_files(root: Path, templates: Mapping[str, str]) -> list[dict[str, Path
         found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
         raise ConversionError(
             f"no protocol lists under {root}: expected {first} and its siblings "
-            + (f"({parent} holds {_show(found)})" if parent.is_dir() else f"({parent} is absent)")
+            + (f"({parent} holds {show_some(found)})" if parent.is_dir() else f"({parent} is absent)")
         )
     later = [
         k
@@ -409,7 +407,7 @@ def _read_lists(
             report.skip("missing file", shown)
         warnings.append(
             f"{len(missing)} listed file(s) do not exist and were left out, e.g. "
-            f"{_show(list(missing.values()))}"
+            f"{show_some(list(missing.values()))}"
         )
     protocol = Protocol(
         "casia-nirvis2-view2" if casia else "lamp-hq",
@@ -450,7 +448,7 @@ def _oulu(
             hint = f"; pass {inner[0]} as the root" if inner else ""
             raise ConversionError(
                 f"Oulu-CASIA: {root} has no {name}/ folder ({modality} images); expected "
-                f"{layout}; {root} holds {_show(sorted(p.name for p in root.iterdir()))}{hint}"
+                f"{layout}; {root} holds {show_some(sorted(p.name for p in root.iterdir()))}{hint}"
             )
         for illum in spec.illuminations:
             idir = _subdirs(domain).get(illum.lower())
@@ -474,10 +472,10 @@ def _oulu(
     if unknown:
         warnings.append(
             f"ignored {len(unknown)} folder(s) that are not one of the expressions "
-            f"{OULU_EXPRESSION_DIRS}, e.g. {_show(unknown)}"
+            f"{OULU_EXPRESSION_DIRS}, e.g. {show_some(unknown)}"
         )
     if ignored:
-        warnings.append(f"ignored {len(ignored)} non-image file(s), e.g. {_show(ignored)}")
+        warnings.append(f"ignored {len(ignored)} non-image file(s), e.g. {show_some(ignored)}")
     eligible, lacking = [], []
     for s in sorted(subjects, key=natural_key):
         short = [
@@ -493,14 +491,14 @@ def _oulu(
     if lacking:
         warnings.append(
             f"{len(lacking)} subject(s) have fewer than {spec.per_expression} frames of some "
-            f"expression and cannot be drawn: {_show(lacking)}"
+            f"expression and cannot be drawn: {show_some(lacking)}"
         )
     if len(eligible) < spec.num_subjects:
         raise ConversionError(
             f"Oulu-CASIA: only {len(eligible)} subject(s) under {root} have at least "
             f"{spec.per_expression} frames of each expression in both NI and VL (illuminations "
             f"{spec.illuminations}); the protocol needs {spec.num_subjects}; lacking: "
-            f"{_show(lacking)}"
+            f"{show_some(lacking)}"
         )
     rng = _rng(seed, 0)
     chosen = sorted(
@@ -567,11 +565,15 @@ def _buaa(
             per_subject[sdir.name] = found
     stray = [str(f) for f in _files(root) if is_image_file(f)]
     if stray:
-        warnings.append(f"ignored {len(stray)} image(s) outside subject folders: {_show(stray)}")
+        warnings.append(
+            f"ignored {len(stray)} image(s) outside subject folders: {show_some(stray)}"
+        )
     if odd:
-        warnings.append(f"ignored {len(odd)} image(s) whose names are not numbers: {_show(odd)}")
+        warnings.append(
+            f"ignored {len(odd)} image(s) whose names are not numbers: {show_some(odd)}"
+        )
     if ignored:
-        warnings.append(f"ignored {len(ignored)} non-image file(s), e.g. {_show(ignored)}")
+        warnings.append(f"ignored {len(ignored)} non-image file(s), e.g. {show_some(ignored)}")
     eligible, lacking = [], []
     for s in sorted(per_subject, key=natural_key):
         has_gallery = any(m == "vis" and p == BUAA_NEUTRAL_POSE for _, m, p in per_subject[s])
@@ -583,7 +585,7 @@ def _buaa(
     if lacking:
         warnings.append(
             f"{len(lacking)} subject(s) lack the neutral frontal VIS image (pose "
-            f"{BUAA_NEUTRAL_POSE}) or any NIR image and were left out: {_show(lacking)}"
+            f"{BUAA_NEUTRAL_POSE}) or any NIR image and were left out: {show_some(lacking)}"
         )
     need = spec.num_train + spec.num_test
     if len(eligible) < need:
@@ -621,36 +623,6 @@ def _buaa(
 
 # --------------------------------------------------------------------------------------------
 # Conversion.
-
-
-def _parse_expected(value: Any) -> tuple[int, bool]:
-    if isinstance(value, str) and value.startswith("~"):
-        return int(value[1:]), True
-    return int(value), False
-
-
-def _matches(got: int, value: Any) -> bool:
-    want, approx = _parse_expected(value)
-    return abs(got - want) <= APPROX_TOLERANCE * want if approx else got == want
-
-
-def _compare(
-    expected: Mapping[str, Any], info_counts: Mapping[str, int], folds: list[dict[str, int]]
-) -> list[str]:
-    """Warnings for every count that differs from ``expected``."""
-    out = []
-    for name, got in info_counts.items():
-        if name in expected and not _matches(got, expected[name]):
-            out.append(f"{name}: {got}, expected {expected[name]}")
-    for k, counts in enumerate(folds, start=1):
-        bad = [
-            f"{name} {got} (expected {expected[name]})"
-            for name, got in counts.items()
-            if name in expected and not _matches(got, expected[name])
-        ]
-        if bad:
-            out.append(f"fold {k}: {', '.join(bad)}")
-    return out
 
 
 TABLE_COLUMNS = ("train_ids", "train_vis", "train_nir", "test_ids", "gallery", "probes")
@@ -702,78 +674,37 @@ def convert_nirvis(
             f"spec {spec!r} does not apply to {dataset!r}"
             + (f" (expected an {want.__name__})" if want else " (its protocol is read, not drawn)")
         )
-    root, out_dir = Path(root), Path(out_dir)
-    if not root.is_dir():
-        raise ConversionError(f"{dataset} root {root} is not a directory")
+    root = input_root(root, dataset)
     generated = want is not None
     if spec is not None and spec.num_folds < 1:
         raise ValueError(f"spec.num_folds must be >= 1, got {spec}")
-    check_out_dir(root, out_dir, scans_root=generated)
-    report, warnings = ConversionReport(), []
+    check_out_dir(root, Path(out_dir), scans_root=generated)
+    conv = Conversion(root, Path(out_dir), on_bad, num_shards, progress, workers)
     dropped: list[str] = []
     if dataset == "oulu-casia":
         spec = spec or OULU_SPEC
-        images, protocol = _oulu(root, spec, seed, warnings)
+        images, protocol = _oulu(root, spec, seed, conv.warnings)
     elif dataset == "buaa":
         spec = spec or BUAA_SPEC
-        images, protocol = _buaa(root, spec, seed, warnings)
+        images, protocol = _buaa(root, spec, seed, conv.warnings)
     else:
-        images, protocol, dropped = _read_lists(dataset, root, on_bad, report, warnings)
-    written = write_dataset(
-        images,
-        out_dir,
-        name=dataset,
-        num_shards=num_shards,
-        on_bad=on_bad,
-        report=report,
-        warnings=warnings,
-        protocol=protocol,
-        dropped=dropped,
-        description=f"{dataset} converted from {root}: {protocol.description}",
-        extra={
-            "source_root": str(root),
-            "seed": seed if generated else None,
-            "spec": dataclasses.asdict(spec) if spec is not None else None,
-        },
-        progress=progress,
-        workers=workers,
-    )
-    info, protocol = written.info, written.protocol
-    counts = fold_counts(protocol, written.identity_of)
-    expected = expected_counts(dataset, spec)
-    warnings += fold_warnings(counts)
-    warnings += _compare(
-        expected,
-        {
-            "identities": info.num_classes,
-            "num_folds": protocol.num_folds,
-            **{f"{m}_images": n for m, n in info.modalities.items()},
-        },
-        counts,
-    )
-    result: dict[str, Any] = {
-        "dataset": dataset,
-        "root": str(root),
-        "out_dir": str(out_dir),
-        "on_bad": on_bad,
+        images, protocol, dropped = _read_lists(dataset, root, on_bad, conv.report, conv.warnings)
+    settings = {
         "seed": seed if generated else None,
         "spec": dataclasses.asdict(spec) if spec is not None else None,
-        "protocol": protocol.name,
-        "num_images": info.num_images,
-        "identities": info.num_classes,
-        "modalities": info.modalities,
-        "expected": expected,
-        "folds": [{"fold": k, "counts": c} for k, c in enumerate(counts, start=1)],
-        "report": report.to_json(),
-        "warnings": warnings,
     }
-    write_report(out_dir, result)
-    if progress:
-        print(format_table(result))
-        print(f"{dataset}: {report.summary()}", file=sys.stderr)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-    return result
+    return finish_conversion(
+        conv,
+        dataset,
+        images,
+        protocol,
+        dropped,
+        expected=expected_counts(dataset, spec),
+        extra=settings,
+        settings=settings,
+        named_folds=False,
+        table=format_table,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,15 +714,8 @@ def convert_nirvis(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hfrjax convert nirvis``."""
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--root", required=True, help="folder the dataset unpacks to")
-    parser.add_argument("--out", required=True, help="output dataset directory")
-    parser.add_argument("--shards", type=int, default=8, help="number of TFRecord shards")
-    parser.add_argument(
-        "--on_bad",
-        default="raise",
-        choices=["raise", "skip"],
-        help="missing/undecodable images: fail, or skip, count and drop them from the protocol",
-    )
+    add_io_arguments(parser, "folder the dataset unpacks to")
+    add_output_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="draws the oulu-casia / buaa protocol")
     parser.add_argument(
         "--num_folds",
@@ -807,26 +731,17 @@ def run(args: argparse.Namespace) -> int:
     spec = None
     if args.num_folds is not None:
         if args.dataset not in ("oulu-casia", "buaa"):
-            print(
-                f"error: --num_folds applies to oulu-casia and buaa only; {args.dataset} "
-                "has its own lists",
-                file=sys.stderr,
+            return usage_error(
+                f"--num_folds applies to oulu-casia and buaa only; {args.dataset} has its own lists"
             )
-            return 2
         base = OULU_SPEC if args.dataset == "oulu-casia" else BUAA_SPEC
         spec = dataclasses.replace(base, num_folds=args.num_folds)
-    try:
-        convert_nirvis(
-            args.dataset,
-            args.root,
-            args.out,
-            num_shards=args.shards,
-            on_bad=args.on_bad,
-            seed=args.seed,
-            progress=not args.quiet,
-            spec=spec,
-        )
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_converter(
+        convert_nirvis,
+        args.dataset,
+        args.root,
+        args.out,
+        seed=args.seed,
+        spec=spec,
+        **converter_options(args),
+    )

@@ -49,29 +49,37 @@ import argparse
 import dataclasses
 import random
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfrjax.data.convert.common import (
-    SHOW,
+from hfrjax.data.convert.common import (  # noqa: F401 - show_some re-exported.
     ConversionError,
     ConversionReport,
-    check_on_bad,
-    missing_files_error,
-)
-from hfrjax.data.convert.folders import (
     SourceImage,
+    add_io_arguments,
+    add_output_arguments,
+    check_on_bad,
     check_out_dir,
-    fold_counts,
-    fold_warnings,
+    converter_options,
+    input_root,
     is_image_file,
+    missing_files_error,
     natural_key,
     relative_key,
-    write_dataset,
-    write_report,
+    run_converter,
+    show_some,
+    usage_error,
 )
+from hfrjax.data.convert.writing import (  # noqa: F401 - count checks re-exported.
+    APPROX_TOLERANCE,
+    Conversion,
+    compare_counts,
+    count_matches,
+    finish_conversion,
+    named_fold_warnings,
+)
+from hfrjax.data.convert.writing import format_fold_table as format_table  # noqa: F401
 from hfrjax.data.protocol import Fold, Protocol
 
 DATASETS = ("sysu-mm01", "regdb")
@@ -91,7 +99,6 @@ REGDB_LISTS = {
 }
 REGDB_ROLE_MODALITY = {"train_vis": "vis", "train_ir": "thermal", "gallery": "vis", "probe": "thermal"}
 REGDB_MODALITY_DIRS = {"visible": "vis", "thermal": "thermal"}
-APPROX_TOLERANCE = 0.05  # "~N" in EXPECTED: within 5 %.
 
 EXPECTED: dict[str, dict[str, Any]] = {
     # Usual split: 395 train + val and 96 test identities; 3,803 infrared queries; single-shot
@@ -157,12 +164,6 @@ def sysu_camera(key: str) -> int:
 # Shared helpers.
 
 
-def show_some(items: Sequence[str]) -> str:
-    """The first few items, comma-separated, and how many more there are."""
-    more = f" (and {len(items) - SHOW} more)" if len(items) > SHOW else ""
-    return ", ".join(map(str, items[:SHOW])) + more
-
-
 def _subdirs(d: Path) -> dict[str, Path]:
     """Non-hidden subfolders of ``d`` by lower-cased name."""
     out: dict[str, Path] = {}
@@ -170,84 +171,6 @@ def _subdirs(d: Path) -> dict[str, Path]:
         if p.is_dir() and not p.name.startswith("."):
             out.setdefault(p.name.lower(), p)
     return out
-
-
-def _parse_expected(value: Any) -> tuple[int, bool]:
-    if isinstance(value, str) and value.startswith("~"):
-        return int(value[1:]), True
-    return int(value), False
-
-
-def count_matches(got: int, value: Any) -> bool:
-    """Whether ``got`` agrees with an expected count (int exact, "~N" within 5 %)."""
-    want, approx = _parse_expected(value)
-    return abs(got - want) <= APPROX_TOLERANCE * want if approx else got == want
-
-
-def compare_counts(
-    expected: Mapping[str, Any],
-    totals: Mapping[str, int],
-    folds: Sequence[Mapping[str, int]],
-    fold_names: Sequence[str] | None = None,
-) -> list[str]:
-    """Warnings for every count that differs from ``expected``. A per-fold expectation may be a
-    mapping {part of the fold name: value}, the parts split at "/" and "|" ("all-search/3",
-    "P_TB0|G_VB0-")."""
-    out = [
-        f"{name}: {got}, expected {expected[name]}"
-        for name, got in totals.items()
-        if name in expected and not count_matches(got, expected[name])
-    ]
-    for k, counts in enumerate(folds, start=1):
-        label = fold_names[k - 1] if fold_names else str(k)
-        bad = []
-        for name, got in counts.items():
-            want = expected.get(name)
-            if isinstance(want, Mapping):
-                want = next((want[p] for p in re.split(r"[/|]", label) if p in want), None)
-            if want is not None and not count_matches(got, want):
-                bad.append(f"{name} {got} (expected {want})")
-        if bad:
-            out.append(f"fold {label}: {', '.join(bad)}")
-    return out
-
-
-def named_fold_warnings(warnings: Sequence[str], names: Sequence[str]) -> list[str]:
-    """`fold_warnings` with fold names for numbers, identical messages of several folds merged
-    into one line ("folds all-search/1, all-search/2: ...")."""
-    merged: dict[str, list[str]] = {}
-    rest = []
-    for w in warnings:
-        m = re.match(r"^fold (\d+): (.*)$", w, re.S)
-        if m is None:
-            rest.append(w)
-        else:
-            merged.setdefault(m.group(2), []).append(names[int(m.group(1)) - 1])
-    out = [
-        f"fold{'s' if len(folds) > 1 else ''} {show_some(folds)}: {msg}"
-        for msg, folds in merged.items()
-    ]
-    return out + rest
-
-
-def format_table(result: Mapping[str, Any]) -> str:
-    """Per-fold counts of a `convert_reid` (or thermal converter) result, as text."""
-    columns: list[str] = []
-    for f in result["folds"]:
-        for c in f["counts"]:
-            if c not in columns and c not in ("probe_ids_without_gallery", "gallery_ids"):
-                columns.append(c)
-    rows = [("fold", *columns)]
-    for f in result["folds"]:
-        rows.append((str(f["name"]), *(str(f["counts"].get(c, "-")) for c in columns)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    mods = ", ".join(f"{m} {n}" for m, n in result["modalities"].items())
-    head = (
-        f"{result['dataset']}: {result['num_images']} images ({mods}), "
-        f"{result['identities']} identities, {len(result['folds'])} fold(s)"
-    )
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join([head, *lines])
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,69 +546,23 @@ def convert_reid(
     check_on_bad(on_bad)
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    root_p, out_p = Path(root), Path(out_dir)
-    if not root_p.is_dir():
-        raise ConversionError(f"{dataset} root {root_p} is not a directory")
-    check_out_dir(root_p, out_p, scans_root=dataset == "sysu-mm01")
-    report, warnings = ConversionReport(), []
+    root_p = input_root(root, dataset)
+    check_out_dir(root_p, Path(out_dir), scans_root=dataset == "sysu-mm01")
+    conv = Conversion(root_p, Path(out_dir), on_bad, num_shards, progress, workers)
     dropped: list[str] = []
     if dataset == "sysu-mm01":
-        images, protocol, extra = _sysu(root_p, include_val, trials, first_seed, warnings)
+        images, protocol, extra = _sysu(root_p, include_val, trials, first_seed, conv.warnings)
     else:
-        images, protocol, dropped, extra = _regdb(root_p, on_bad, report, warnings)
-    written = write_dataset(
+        images, protocol, dropped, extra = _regdb(root_p, on_bad, conv.report, conv.warnings)
+    return finish_conversion(
+        conv,
+        dataset,
         images,
-        out_p,
-        name=dataset,
-        num_shards=num_shards,
-        on_bad=on_bad,
-        report=report,
-        warnings=warnings,
-        protocol=protocol,
-        dropped=dropped,
-        description=f"{dataset} converted from {root_p}: {protocol.description}",
-        extra={"source_root": str(root_p), "converter": f"{__name__}.convert_reid", **extra},
-        progress=progress,
-        workers=workers,
+        protocol,
+        dropped,
+        expected=EXPECTED[dataset],
+        extra={"converter": f"{__name__}.convert_reid", **extra},
     )
-    info, protocol = written.info, written.protocol
-    counts = fold_counts(protocol, written.identity_of)
-    names = [protocol.fold_name(k) for k in range(1, protocol.num_folds + 1)]
-    warnings += named_fold_warnings(fold_warnings(counts), names)
-    expected = EXPECTED[dataset]
-    warnings += compare_counts(
-        expected,
-        {
-            "identities": info.num_classes,
-            "num_folds": protocol.num_folds,
-            **{f"{m}_images": n for m, n in info.modalities.items()},
-        },
-        counts,
-        names,
-    )
-    result: dict[str, Any] = {
-        "dataset": dataset,
-        "root": str(root_p),
-        "out_dir": str(out_p),
-        "on_bad": on_bad,
-        "protocol": protocol.name,
-        "num_images": info.num_images,
-        "identities": info.num_classes,
-        "modalities": info.modalities,
-        "expected": expected,
-        "folds": [
-            {"fold": k, "name": n, "counts": c} for k, (n, c) in enumerate(zip(names, counts), 1)
-        ],
-        "report": report.to_json(),
-        "warnings": warnings,
-    }
-    write_report(out_p, result)
-    if progress:
-        print(format_table(result))
-        print(f"{dataset}: {report.summary()}", file=sys.stderr)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,15 +572,8 @@ def convert_reid(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hfrjax convert reid``."""
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--root", required=True, help="folder the dataset unpacks to")
-    parser.add_argument("--out", required=True, help="output dataset directory")
-    parser.add_argument("--shards", type=int, default=8, help="number of TFRecord shards")
-    parser.add_argument(
-        "--on_bad",
-        default="raise",
-        choices=["raise", "skip"],
-        help="missing/undecodable images: fail, or skip, count and drop them from the protocol",
-    )
+    add_io_arguments(parser, "folder the dataset unpacks to")
+    add_output_arguments(parser)
     parser.add_argument(
         "--trials", type=int, default=SYSU_TRIALS, help="SYSU-MM01 gallery draws per mode"
     )
@@ -723,25 +593,17 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset != "sysu-mm01" and (
         args.no_val or args.trials != SYSU_TRIALS or args.first_seed != 0
     ):
-        print(
-            "error: --trials, --first_seed and --no_val apply to sysu-mm01 only; RegDB's "
-            "trials come from its idx/ lists",
-            file=sys.stderr,
+        return usage_error(
+            "--trials, --first_seed and --no_val apply to sysu-mm01 only; RegDB's trials come "
+            "from its idx/ lists"
         )
-        return 2
-    try:
-        convert_reid(
-            args.dataset,
-            args.root,
-            args.out,
-            num_shards=args.shards,
-            on_bad=args.on_bad,
-            include_val=not args.no_val,
-            trials=args.trials,
-            first_seed=args.first_seed,
-            progress=not args.quiet,
-        )
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_converter(
+        convert_reid,
+        args.dataset,
+        args.root,
+        args.out,
+        include_val=not args.no_val,
+        trials=args.trials,
+        first_seed=args.first_seed,
+        **converter_options(args),
+    )

@@ -52,7 +52,6 @@ import argparse
 import csv
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,26 +59,22 @@ from typing import Any
 from hfrjax.data.convert.common import (
     ConversionError,
     ConversionReport,
-    check_on_bad,
-    missing_files_error,
-)
-from hfrjax.data.convert.folders import (
     SourceImage,
+    add_io_arguments,
+    add_output_arguments,
+    check_on_bad,
     check_out_dir,
-    fold_counts,
-    fold_warnings,
-    map_modality,
+    converter_options,
+    input_root,
+    missing_files_error,
     relative_key,
-    write_dataset,
-    write_report,
-)
-from hfrjax.data.convert.reid import (
-    CaseResolver,
-    compare_counts,
-    format_table,
-    named_fold_warnings,
+    run_converter,
     show_some,
+    usage_error,
 )
+from hfrjax.data.convert.folders import map_modality
+from hfrjax.data.convert.reid import CaseResolver
+from hfrjax.data.convert.writing import Conversion, finish_conversion
 from hfrjax.data.protocol import Fold, Protocol
 
 ARLVTF_GALLERY_SETS = ("G_VB0-", "G_VB0+")
@@ -198,67 +193,6 @@ def set_protocol(
     )
 
 
-def _finish(
-    name: str,
-    root: Path,
-    out_dir: Path,
-    images: Sequence[SourceImage],
-    protocol: Protocol,
-    dropped: Sequence[str],
-    report: ConversionReport,
-    warnings: list[str],
-    expected: Mapping[str, Any],
-    extra: Mapping[str, Any],
-    on_bad: str,
-    num_shards: int,
-    progress: bool,
-    workers: int,
-) -> dict[str, Any]:
-    written = write_dataset(
-        images,
-        out_dir,
-        name=name,
-        num_shards=num_shards,
-        on_bad=on_bad,
-        report=report,
-        warnings=warnings,
-        protocol=protocol,
-        dropped=dropped,
-        description=f"{name} converted from {root}: {protocol.description}",
-        extra={"source_root": str(root), **extra},
-        progress=progress,
-        workers=workers,
-    )
-    info, protocol = written.info, written.protocol
-    counts = fold_counts(protocol, written.identity_of)
-    names = [protocol.fold_name(k) for k in range(1, protocol.num_folds + 1)]
-    warnings += named_fold_warnings(fold_warnings(counts), names)
-    warnings += compare_counts(expected, {"identities": info.num_classes}, counts, names)
-    result: dict[str, Any] = {
-        "dataset": name,
-        "root": str(root),
-        "out_dir": str(out_dir),
-        "on_bad": on_bad,
-        "protocol": protocol.name,
-        "num_images": info.num_images,
-        "identities": info.num_classes,
-        "modalities": info.modalities,
-        "expected": dict(expected),
-        "folds": [
-            {"fold": k, "name": n, "counts": c} for k, (n, c) in enumerate(zip(names, counts), 1)
-        ],
-        "report": report.to_json(),
-        "warnings": warnings,
-    }
-    write_report(out_dir, result)
-    if progress:
-        print(format_table(result))
-        print(f"{name}: {report.summary()}", file=sys.stderr)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-    return result
-
-
 class _Images:
     """Images gathered from lists: one SourceImage per key, consistent identity and modality."""
 
@@ -371,12 +305,10 @@ def convert_arlvtf(
     written to ``out_dir/conversion.json``.
     """
     check_on_bad(on_bad)
-    root_p, out_p = Path(root), Path(out_dir)
-    if not root_p.is_dir():
-        raise ConversionError(f"ARL-VTF root {root_p} is not a directory")
+    root_p = input_root(root, "ARL-VTF")
     if "{set}" not in list_template:
         raise ValueError(f"list_template must contain '{{set}}', got {list_template!r}")
-    check_out_dir(root_p, out_p, scans_root=False)
+    check_out_dir(root_p, Path(out_dir), scans_root=False)
     wanted = list(sets) if sets is not None else [*ARLVTF_GALLERY_SETS, *ARLVTF_PROBE_SETS]
     for s in wanted:
         arlvtf_set_modality(s)
@@ -395,7 +327,8 @@ def convert_arlvtf(
     # Galleries first, then probes in the paper's order.
     order = {s: i for i, s in enumerate([*ARLVTF_GALLERY_SETS, *ARLVTF_PROBE_SETS, *optional])}
     present.sort(key=lambda s: (s[0] != "G", order.get(s, len(order)), s))
-    report, warnings = ConversionReport(), []
+    conv = Conversion(root_p, Path(out_dir), on_bad, num_shards, progress, workers)
+    report, warnings = conv.report, conv.warnings
     gathered = _Images(root_p)
     lists: dict[str, list[str]] = {}
     roles: dict[str, str] = {}
@@ -422,21 +355,14 @@ def convert_arlvtf(
     empty = [s for s, keys in kept.items() if not keys]
     if empty:
         warnings.append(f"set(s) {empty} lost every image to missing files")
-    return _finish(
+    return finish_conversion(
+        conv,
         "arl-vtf",
-        root_p,
-        out_p,
         list(gathered.images.values()),
         protocol,
         dropped,
-        report,
-        warnings,
-        expected,
-        {"sets": {s: len(v) for s, v in lists.items()}, "list_template": list_template},
-        on_bad,
-        num_shards,
-        progress,
-        workers,
+        expected=expected,
+        extra={"sets": {s: len(v) for s, v in lists.items()}, "list_template": list_template},
     )
 
 
@@ -460,14 +386,13 @@ def convert_set_list(
     ``root``) to an hfrjax dataset with a set protocol (module docstring). ``pairs``:
     "probe_set|gallery_set" strings (default: every probe set against every gallery set)."""
     check_on_bad(on_bad)
-    root_p, out_p, csv_p = Path(root), Path(out_dir), Path(csv_path)
-    if not root_p.is_dir():
-        raise ConversionError(f"input root {root_p} is not a directory")
+    root_p, csv_p = input_root(root, "input"), Path(csv_path)
     if not csv_p.is_file():
         raise ConversionError(f"CSV file {csv_p} does not exist")
-    check_out_dir(root_p, out_p, scans_root=False)
+    check_out_dir(root_p, Path(out_dir), scans_root=False)
     pair_list = _parse_pairs(pairs)
-    report, warnings = ConversionReport(), []
+    conv = Conversion(root_p, Path(out_dir), on_bad, num_shards, progress, workers)
+    report, warnings = conv.report, conv.warnings
     gathered = _Images(root_p)
     sets: dict[str, list[str]] = {}
     roles: dict[str, str] = {}
@@ -524,21 +449,14 @@ def convert_set_list(
         )
     except ValueError as e:
         raise ConversionError(f"{csv_p}: {e}") from None
-    return _finish(
+    return finish_conversion(
+        conv,
         name or root_p.resolve().name,
-        root_p,
-        out_p,
         list(gathered.images.values()),
         protocol,
         dropped,
-        report,
-        warnings,
-        {},
-        {"csv": str(csv_p), "sets": {s: len(v) for s, v in sets.items()}},
-        on_bad,
-        num_shards,
-        progress,
-        workers,
+        expected={},
+        extra={"csv": str(csv_p), "sets": {s: len(v) for s, v in sets.items()}},
     )
 
 
@@ -548,8 +466,7 @@ def convert_set_list(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hfrjax convert thermal``: ARL-VTF (--arlvtf) or a set CSV (--csv)."""
-    parser.add_argument("--root", required=True, help="folder the images (and lists) are under")
-    parser.add_argument("--out", required=True, help="output dataset directory")
+    add_io_arguments(parser, "folder the images (and lists) are under")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--arlvtf", action="store_true", help="read ARL-VTF's per-set lists")
     src.add_argument("--csv", default=None, help="CSV with columns path,identity,modality,set")
@@ -567,46 +484,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV: comma-separated probe_set|gallery_set folds (default: every pair)",
     )
     parser.add_argument("--name", default=None, help="CSV: dataset name (default: the root's)")
-    parser.add_argument("--shards", type=int, default=8, help="number of TFRecord shards")
-    parser.add_argument(
-        "--on_bad",
-        default="raise",
-        choices=["raise", "skip"],
-        help="missing/undecodable images: fail, or skip, count and drop them from the protocol",
-    )
+    add_output_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines or table")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``hfrjax convert thermal``; 0 on success, 2 with a message on bad input."""
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
-    try:
-        if args.arlvtf:
-            if args.pairs or args.name:
-                raise ConversionError("--pairs and --name apply to --csv only")
-            convert_arlvtf(
-                args.root,
-                args.out,
-                list_template=args.list_template,
-                sets=split(args.sets),
-                num_shards=args.shards,
-                on_bad=args.on_bad,
-                progress=not args.quiet,
-            )
-        else:
-            if args.sets or args.list_template != ARLVTF_LIST_TEMPLATE:
-                raise ConversionError("--sets and --list_template apply to --arlvtf only")
-            convert_set_list(
-                args.root,
-                args.csv,
-                args.out,
-                name=args.name,
-                pairs=split(args.pairs),
-                num_shards=args.shards,
-                on_bad=args.on_bad,
-                progress=not args.quiet,
-            )
-    except (ConversionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    errors = (ConversionError, ValueError)
+    if args.arlvtf:
+        if args.pairs or args.name:
+            return usage_error("--pairs and --name apply to --csv only")
+        return run_converter(
+            convert_arlvtf,
+            args.root,
+            args.out,
+            list_template=args.list_template,
+            sets=split(args.sets),
+            errors=errors,
+            **converter_options(args),
+        )
+    if args.sets or args.list_template != ARLVTF_LIST_TEMPLATE:
+        return usage_error("--sets and --list_template apply to --arlvtf only")
+    return run_converter(
+        convert_set_list,
+        args.root,
+        args.csv,
+        args.out,
+        name=args.name,
+        pairs=split(args.pairs),
+        errors=errors,
+        **converter_options(args),
+    )
