@@ -11,11 +11,13 @@ Writing the dataset (shards, dataset.json, protocol, conversion.json) is
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -193,6 +195,224 @@ def check_out_dir(root: Path, out_dir: Path, scans_root: bool) -> None:
             f"output directory {out_dir} lies inside the input root {root}; choose another"
         )
 
+
+
+def subdirs(d: Path) -> dict[str, Path]:
+    """Non-hidden subfolders of ``d`` by lower-cased name, in natural order."""
+    out: dict[str, Path] = {}
+    for p in sorted(d.iterdir(), key=lambda p: natural_key(p.name)):
+        if p.is_dir() and not p.name.startswith("."):
+            out.setdefault(p.name.lower(), p)
+    return out
+
+
+def files_in(d: Path) -> list[Path]:
+    """Non-hidden files of ``d`` in natural order."""
+    return sorted(
+        (p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")),
+        key=lambda p: natural_key(p.name),
+    )
+
+
+def nested_root_hint(top: Mapping[str, Path], child: str) -> str:
+    """"; pass <folder> as the root" when a folder of ``top`` holds ``child`` (the dataset was
+    unpacked one level deeper than the root given), else ""."""
+    inner = [str(d) for d in top.values() if child.lower() in subdirs(d)]
+    return f"; pass {inner[0]} as the root" if inner else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Images named by list files.
+
+
+class CaseResolver:
+    """Finds a listed relative path: as listed, then with each of ``extensions`` for its own,
+    then matching the names case-insensitively (lists written on Windows; the first name in
+    sorted order where two differ only in case)."""
+
+    def __init__(self, root: Path, extensions: Sequence[str] = ()):
+        self.root, self.extensions = root, tuple(extensions)
+        self._listings: dict[Path, dict[str, str]] = {}
+
+    def _listing(self, d: Path) -> dict[str, str]:
+        if d not in self._listings:
+            try:
+                names = sorted(os.listdir(d))
+            except OSError:
+                names = []
+            listing: dict[str, str] = {}
+            for n in names:
+                listing.setdefault(n.lower(), n)
+            self._listings[d] = listing
+        return self._listings[d]
+
+    def __call__(self, parts: Sequence[str]) -> Path | None:
+        path = self.root.joinpath(*parts)
+        stem = Path(parts[-1]).stem
+        names = [parts[-1], *(stem + e for e in self.extensions)]
+        for n in names:
+            if (path.parent / n).is_file():
+                return path.parent / n
+        d = self.root
+        for p in parts[:-1]:
+            real = self._listing(d).get(p.lower())
+            if real is None:
+                return None
+            d = d / real
+        listing = self._listing(d)
+        for n in names:
+            real = listing.get(n.lower())
+            if real is not None and (d / real).is_file():
+                return d / real
+        return None
+
+
+class ListedImages:
+    """The images list files name: one `SourceImage` per key (with ``strict``, a file listed
+    again must have the same identity and modality), the listed files that do not exist, and
+    how many lines repeated a key within a list."""
+
+    def __init__(self, root: Path, extensions: Sequence[str] = (), strict: bool = True):
+        self.root, self.strict = root, strict
+        self.resolve = CaseResolver(root, extensions)
+        self.images: dict[str, SourceImage] = {}
+        self.where: dict[str, str] = {}  # Key -> where it was first listed.
+        self.missing: dict[str, str] = {}  # Key -> "listed path (list:line)".
+        self.missing_modality: dict[str, str] = {}
+        self.repeated = 0
+
+    def add(
+        self, parts: Sequence[str], identity: str, modality: str, where: str, listed: str
+    ) -> str:
+        """The key of the file at ``parts`` (relative to the root), listed as ``listed`` at
+        ``where``; a file that does not exist is remembered as missing."""
+        found = self.resolve(parts)
+        if found is None:
+            key = relative_key("/".join(parts))
+            self.missing.setdefault(key, f"{'/'.join(parts)} ({where})")
+            self.missing_modality.setdefault(key, modality)
+            return key
+        rel = found.relative_to(self.root).as_posix()
+        key = relative_key(rel)
+        old = self.images.get(key)
+        if old is None:
+            self.images[key] = SourceImage(found, rel, key, identity, modality)
+            self.where[key] = where
+        elif self.strict and (old.identity, old.modality) != (identity, modality):
+            raise ConversionError(
+                f"{where}: {listed} is {modality} of identity {identity!r} here but "
+                f"{old.modality} of identity {old.identity!r} at {self.where[key]}"
+            )
+        return key
+
+    def once(self, keys: Sequence[str]) -> list[str]:
+        """``keys`` (one list's) without repeats, which are counted in ``repeated``."""
+        unique = list(dict.fromkeys(keys))
+        self.repeated += len(keys) - len(unique)
+        return unique
+
+    def modality_of(self, key: str) -> str:
+        """The modality a listed key (found or missing) was given."""
+        return self.images[key].modality if key in self.images else self.missing_modality[key]
+
+    def drop_missing(
+        self, what: str, on_bad: str, report: ConversionReport, warnings: list[str], tried: str = ""
+    ) -> list[str]:
+        """The keys of the missing files, counted in ``report`` and warned (on_bad="skip"), or
+        an error naming them as listed in ``what`` (on_bad="raise"); ``tried`` says what else
+        was looked for."""
+        if not self.missing:
+            return []
+        shown = list(self.missing.values())
+        if on_bad == "raise":
+            raise missing_files_error(
+                shown, f"{what} ({tried}pass on_bad='skip' to skip and count them)"
+            )
+        for where in shown:
+            report.skip("missing file", where)
+        warnings.append(
+            f"{len(shown)} listed file(s) do not exist and were left out, e.g. {show_some(shown)}"
+        )
+        return list(self.missing)
+
+
+def list_lines(
+    path: Path, split: Callable[[str], list[str]] = str.split
+) -> Iterator[tuple[str, str, list[str]]]:
+    """(where "path:line", line, tokens) per line of a text list with tokens (a BOM and
+    undecodable bytes are tolerated)."""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        tokens = split(line)
+        if tokens:
+            yield f"{path}:{lineno}", line, tokens
+
+
+def numbered_lists(
+    root: Path, templates: Mapping[str, str], messages: Mapping[str, str], first: str = "train_vis"
+) -> list[dict[str, Path]]:
+    """The list files of folds 1..K: ``templates`` maps a role to its path relative to
+    ``root`` with "{k}" for the fold, K is the last fold whose lists exist. A fold with only
+    some of its lists ("partial"), no fold ("none") or a missing fold before an existing one
+    ("gap") is an error worded by ``messages``: format strings with the fields k, absent, root,
+    first (fold 1's ``first`` list), where (what the folder holding it holds), later and
+    later_path (the first later fold)."""
+    folds = []
+    for k in range(1, 1000):
+        paths = {role: root / t.format(k=k) for role, t in templates.items()}
+        present = {role: p.is_file() for role, p in paths.items()}
+        if not any(present.values()):
+            break
+        absent = [str(paths[r]) for r, ok in present.items() if not ok]
+        if absent:
+            raise ConversionError(messages["partial"].format(k=k, absent=absent))
+        folds.append(paths)
+    if not folds:
+        path = root / templates[first].format(k=1)
+        parent = path.parent
+        found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+        where = f"{parent} holds {show_some(found)}" if parent.is_dir() else f"{parent} is absent"
+        raise ConversionError(messages["none"].format(root=root, first=path, where=where))
+    later = [
+        k for k in range(len(folds) + 2, 100) if (root / templates[first].format(k=k)).is_file()
+    ]
+    if later:
+        later_path = root / templates[first].format(k=later[0])
+        raise ConversionError(
+            messages["gap"].format(k=len(folds) + 1, later=later[0], later_path=later_path)
+        )
+    return folds
+
+
+def csv_rows(
+    csv_path: Path, columns: Sequence[str], required: Sequence[str]
+) -> Iterator[tuple[str, int, list[str]]]:
+    """(where "csv:line", line number, the stripped values of ``columns``) per non-blank row
+    of a CSV whose header names ``columns`` (any case and order; other columns ignored); an
+    empty ``required`` value is an error."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise ConversionError(f"{csv_path}: empty file; expected a header {columns}")
+        cols = {h.strip().lower(): i for i, h in enumerate(header)}
+        absent = [c for c in columns if c not in cols]
+        if absent:
+            raise ConversionError(
+                f"{csv_path}:1: header {header} lacks the column(s) {absent}; expected "
+                f"{','.join(columns)}"
+            )
+        for row in reader:
+            where = f"{csv_path}:{reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(header):
+                raise ConversionError(f"{where}: {len(row)} field(s), the header has {len(header)}")
+            values = [row[cols[c]].strip() for c in columns]
+            for col, value in zip(columns, values):
+                if col in required and not value:
+                    raise ConversionError(f"{where}: empty {col!r}")
+            yield where, reader.line_num, values
 
 # --------------------------------------------------------------------------------------------
 # Command lines (``hfrjax convert <format>``).

@@ -27,7 +27,6 @@ shares and this module still exports; see `hfrjax.data.dataset` for the director
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from hfrjax.data.convert.common import (  # noqa: F401 - SourceImage ... re-expo
     check_on_bad,
     check_out_dir,
     converter_options,
+    csv_rows,
     input_root,
     is_image_file,
     missing_files_error,
@@ -146,43 +146,22 @@ def _scan_csv(root: Path, csv_path: Path, on_bad: str, report: ConversionReport)
     if not csv_path.is_file():
         raise ConversionError(f"CSV file {csv_path} does not exist")
     images, missing, first_line = [], [], {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise ConversionError(f"{csv_path}: empty file; expected a header {CSV_COLUMNS}")
-        cols = {h.strip().lower(): i for i, h in enumerate(header)}
-        absent = [c for c in CSV_COLUMNS if c not in cols]
-        if absent:
+    for where, line_num, (path, identity, modality) in csv_rows(csv_path, CSV_COLUMNS, CSV_COLUMNS):
+        modality = map_modality(modality, where)
+        full = Path(path) if os.path.isabs(path) else root / path.replace("\\", "/")
+        try:
+            rel = full.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise ConversionError(f"{where}: {path} is not under the root {root}") from None
+        if rel in first_line:
             raise ConversionError(
-                f"{csv_path}:1: header {header} lacks the column(s) {absent}; expected "
-                f"{','.join(CSV_COLUMNS)}"
+                f"{where}: {path} is listed again (first at line {first_line[rel]})"
             )
-        for row in reader:
-            where = f"{csv_path}:{reader.line_num}"
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) < len(header):
-                raise ConversionError(f"{where}: {len(row)} field(s), the header has {len(header)}")
-            path, identity, modality = (row[cols[c]].strip() for c in CSV_COLUMNS)
-            for col, value in zip(CSV_COLUMNS, (path, identity, modality)):
-                if not value:
-                    raise ConversionError(f"{where}: empty {col!r}")
-            modality = map_modality(modality, where)
-            full = Path(path) if os.path.isabs(path) else root / path.replace("\\", "/")
-            try:
-                rel = full.resolve().relative_to(root.resolve()).as_posix()
-            except ValueError:
-                raise ConversionError(f"{where}: {path} is not under the root {root}") from None
-            if rel in first_line:
-                raise ConversionError(
-                    f"{where}: {path} is listed again (first at line {first_line[rel]})"
-                )
-            first_line[rel] = reader.line_num
-            if not full.is_file():
-                missing.append((str(full), rel))
-                continue
-            images.append(SourceImage(full, rel, relative_key(rel), identity, modality))
+        first_line[rel] = line_num
+        if not full.is_file():
+            missing.append((str(full), rel))
+            continue
+        images.append(SourceImage(full, rel, relative_key(rel), identity, modality))
     if missing:
         if on_bad == "raise":
             raise missing_files_error([p for p, _ in missing], str(csv_path))

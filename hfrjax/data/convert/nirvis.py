@@ -62,19 +62,25 @@ import numpy as np
 from hfrjax.data.convert.common import (
     ConversionError,
     ConversionReport,
+    ListedImages,
     SourceImage,
     add_io_arguments,
     add_output_arguments,
     check_on_bad,
     check_out_dir,
     converter_options,
+    files_in,
     input_root,
     is_image_file,
-    missing_files_error,
+    list_lines,
     natural_key,
+    nested_root_hint,
+    numbered_lists,
     relative_key,
+    relative_parts,
     run_converter,
     show_some,
+    subdirs,
     usage_error,
 )
 from hfrjax.data.convert.writing import (  # noqa: F401 - APPROX_TOLERANCE re-exported.
@@ -198,22 +204,6 @@ EXPECTED = {d: expected_counts(d) for d in DATASETS}
 # Small helpers.
 
 
-def _subdirs(d: Path) -> dict[str, Path]:
-    """Non-hidden subfolders of ``d`` by lower-cased name."""
-    out: dict[str, Path] = {}
-    for p in sorted(d.iterdir(), key=lambda p: natural_key(p.name)):
-        if p.is_dir() and not p.name.startswith("."):
-            out.setdefault(p.name.lower(), p)
-    return out
-
-
-def _files(d: Path) -> list[Path]:
-    return sorted(
-        (p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")),
-        key=lambda p: natural_key(p.name),
-    )
-
-
 def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream])
 
@@ -256,79 +246,11 @@ def _split(subjects: list[str], num_train: int, seed: int, num_folds: int):
 # List-based datasets: CASIA NIR-VIS 2.0, LAMP-HQ.
 
 
-class _Resolver:
-    """Finds a listed file: as listed, then with another extension, then case-insensitively."""
-
-    def __init__(self, root: Path, extensions: tuple[str, ...]):
-        self.root, self.extensions = root, extensions
-        self._listings: dict[Path, dict[str, str]] = {}
-
-    def _listing(self, d: Path) -> dict[str, str]:
-        if d not in self._listings:
-            try:
-                names = sorted(os.listdir(d))
-            except OSError:
-                names = []
-            listing: dict[str, str] = {}
-            for n in names:
-                listing.setdefault(n.lower(), n)
-            self._listings[d] = listing
-        return self._listings[d]
-
-    def __call__(self, parts: list[str]) -> Path | None:
-        path = self.root.joinpath(*parts)
-        stem = Path(parts[-1]).stem
-        names = [parts[-1], *(stem + e for e in self.extensions)]
-        for n in names:
-            if (path.parent / n).is_file():
-                return path.parent / n
-        d = self.root
-        for p in parts[:-1]:
-            real = self._listing(d).get(p.lower())
-            if real is None:
-                return None
-            d = d / real
-        listing = self._listing(d)
-        for n in names:
-            real = listing.get(n.lower())
-            if real is not None and (d / real).is_file():
-                return d / real
-        return None
-
-
-def _list_files(root: Path, templates: Mapping[str, str]) -> list[dict[str, Path]]:
-    """The list files of folds 1..K (K = the last fold whose lists exist)."""
-    folds = []
-    for k in range(1, 1000):
-        paths = {role: root / t.format(k=k) for role, t in templates.items()}
-        present = {role: p.is_file() for role, p in paths.items()}
-        if not any(present.values()):
-            break
-        absent = [str(paths[r]) for r, ok in present.items() if not ok]
-        if absent:
-            raise ConversionError(
-                f"fold {k}: protocol list(s) {absent} are missing (the fold's other lists exist)"
-            )
-        folds.append(paths)
-    if not folds:
-        first = root / templates["train_vis"].format(k=1)
-        parent = first.parent
-        found = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
-        raise ConversionError(
-            f"no protocol lists under {root}: expected {first} and its siblings "
-            + (f"({parent} holds {show_some(found)})" if parent.is_dir() else f"({parent} is absent)")
-        )
-    later = [
-        k
-        for k in range(len(folds) + 2, 100)
-        if (root / templates["train_vis"].format(k=k)).is_file()
-    ]
-    if later:
-        raise ConversionError(
-            f"the lists of fold {len(folds) + 1} are missing but fold {later[0]}'s exist "
-            f"({root / templates['train_vis'].format(k=later[0])})"
-        )
-    return folds
+LIST_MESSAGES = {
+    "partial": "fold {k}: protocol list(s) {absent} are missing (the fold's other lists exist)",
+    "none": "no protocol lists under {root}: expected {first} and its siblings ({where})",
+    "gap": "the lists of fold {k} are missing but fold {later}'s exist ({later_path})",
+}
 
 
 def _read_lists(
@@ -341,29 +263,21 @@ def _read_lists(
     """Images, protocol and dropped (missing) keys of CASIA NIR-VIS 2.0 or LAMP-HQ."""
     casia = dataset == "casia-nirvis2"
     templates = CASIA_LISTS if casia else LAMP_LISTS
-    resolve = _Resolver(root, LIST_EXTENSIONS)
-    images: dict[str, SourceImage] = {}
-    where_of: dict[str, str] = {}
-    missing: dict[str, str] = {}  # Key -> "listed path (list:line)".
-    folds, duplicates = [], 0
-    for k, paths in enumerate(_list_files(root, templates), start=1):
+    listed = ListedImages(root, LIST_EXTENSIONS)
+    folds = []
+    for paths in numbered_lists(root, templates, LIST_MESSAGES):
         lists: dict[str, list[str]] = {}
         for role, list_path in paths.items():
             modality = ROLE_MODALITY[role]
             keys: list[str] = []
-            text = list_path.read_text(encoding="utf-8-sig", errors="replace")
-            for lineno, line in enumerate(text.splitlines(), start=1):
-                where = f"{list_path}:{lineno}"
-                tokens = line.split()
-                if not tokens:
-                    continue
+            for where, line, tokens in list_lines(list_path):
                 if len(tokens) not in ((1, 2) if casia else (2,)):
                     raise ConversionError(
                         f"{where}: expected {'a path' if casia else 'relative_path label'}, "
                         f"got {line.strip()!r}"
                     )
-                parts = [p for p in tokens[0].replace("\\", "/").split("/") if p not in ("", ".")]
-                if len(parts) < 2 or ".." in parts:
+                parts = relative_parts(tokens[0])
+                if parts is None or len(parts) < 2:
                     raise ConversionError(
                         f"{where}: {tokens[0]!r} is not a relative path <folder>/<file>"
                     )
@@ -371,44 +285,18 @@ def _read_lists(
                     identity = tokens[1]
                 else:
                     identity = parts[-2]
-                found = resolve(parts)
-                if found is None:
-                    key = relative_key("/".join(parts))
-                    missing.setdefault(key, f"{'/'.join(parts)} ({where})")
-                else:
-                    rel = found.relative_to(root).as_posix()
-                    key = relative_key(rel)
-                    old = images.get(key)
-                    if old is None:
-                        images[key] = SourceImage(found, rel, key, identity, modality)
-                        where_of[key] = where
-                    elif (old.modality, old.identity) != (modality, identity):
-                        raise ConversionError(
-                            f"{where}: {tokens[0]} is {modality} of identity {identity!r} here "
-                            f"but {old.modality} of identity {old.identity!r} at "
-                            f"{where_of[key]}"
-                        )
-                keys.append(key)
-            deduped = list(dict.fromkeys(keys))
-            duplicates += len(keys) - len(deduped)
-            lists[role] = deduped
+                keys.append(listed.add(parts, identity, modality, where, tokens[0]))
+            lists[role] = listed.once(keys)
         folds.append(lists)
-    if duplicates:
-        warnings.append(f"{duplicates} repeated line(s) within a list were read once")
-    if missing:
-        if on_bad == "raise":
-            exts = "/".join(LIST_EXTENSIONS)
-            raise missing_files_error(
-                list(missing.values()),
-                f"the {dataset} protocol lists under {root} (also tried {exts} and "
-                "case-insensitive matches; pass on_bad='skip' to skip and count them)",
-            )
-        for shown in missing.values():
-            report.skip("missing file", shown)
-        warnings.append(
-            f"{len(missing)} listed file(s) do not exist and were left out, e.g. "
-            f"{show_some(list(missing.values()))}"
-        )
+    if listed.repeated:
+        warnings.append(f"{listed.repeated} repeated line(s) within a list were read once")
+    dropped = listed.drop_missing(
+        f"the {dataset} protocol lists under {root}",
+        on_bad,
+        report,
+        warnings,
+        tried=f"also tried {'/'.join(LIST_EXTENSIONS)} and case-insensitive matches; ",
+    )
     protocol = Protocol(
         "casia-nirvis2-view2" if casia else "lamp-hq",
         [
@@ -423,7 +311,7 @@ def _read_lists(
         "nir",
         f"{len(folds)} folds read from the dataset's own lists ({', '.join(templates.values())})",
     )
-    return list(images.values()), protocol, list(missing)
+    return list(listed.images.values()), protocol, dropped
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +324,7 @@ def _oulu(
     if not 0 < spec.num_train < spec.num_subjects:
         raise ValueError(f"OuluSpec needs 0 < num_train < num_subjects, got {spec}")
     layout = "root/<NI|VL>/<illumination>/<subject>/<expression>/<frame>.<ext>"
-    top = _subdirs(root)
+    top = subdirs(root)
     expressions = {e.lower(): e for e in OULU_EXPRESSION_DIRS}
     files: dict[tuple[str, str, str], list[Path]] = {}
     subjects: set[str] = set()
@@ -444,27 +332,26 @@ def _oulu(
     for modality, name in OULU_DOMAIN_DIRS.items():
         domain = top.get(name.lower())
         if domain is None:
-            inner = [str(d) for d in top.values() if name.lower() in _subdirs(d)]
-            hint = f"; pass {inner[0]} as the root" if inner else ""
+            hint = nested_root_hint(top, name)
             raise ConversionError(
                 f"Oulu-CASIA: {root} has no {name}/ folder ({modality} images); expected "
                 f"{layout}; {root} holds {show_some(sorted(p.name for p in root.iterdir()))}{hint}"
             )
         for illum in spec.illuminations:
-            idir = _subdirs(domain).get(illum.lower())
+            idir = subdirs(domain).get(illum.lower())
             if idir is None:
                 raise ConversionError(
                     f"Oulu-CASIA: {domain} has no {illum}/ folder (illuminations asked for: "
-                    f"{spec.illuminations}; found {sorted(_subdirs(domain))})"
+                    f"{spec.illuminations}; found {sorted(subdirs(domain))})"
                 )
-            for sdir in _subdirs(idir).values():
+            for sdir in subdirs(idir).values():
                 subjects.add(sdir.name)
-                for edir in _subdirs(sdir).values():
+                for edir in subdirs(sdir).values():
                     expr = expressions.get(edir.name.lower())
                     if expr is None:
                         unknown.append(str(edir))
                         continue
-                    for f in _files(edir):
+                    for f in files_in(edir):
                         if is_image_file(f):
                             files.setdefault((sdir.name, expr, modality), []).append(f)
                         else:
@@ -536,34 +423,34 @@ def _buaa(
         raise ValueError(f"BuaaSpec needs num_train >= 1 and num_test >= 1, got {spec}")
     per_subject: dict[str, list[tuple[Path, str, int]]] = {}
     odd, ignored = [], []
-    for sdir in _subdirs(root).values():
-        sub = _subdirs(sdir)
+
+    def numbered(d: Path) -> list[tuple[Path, int]]:
+        """The images of ``d`` named by a number; the other files are noted."""
+        out = []
+        for f in files_in(d):
+            if not is_image_file(f):
+                ignored.append(str(f))
+            elif not f.stem.isdigit():
+                odd.append(str(f))
+            else:
+                out.append((f, int(f.stem)))
+        return out
+
+    for sdir in subdirs(root).values():
+        sub = subdirs(sdir)
         moddirs = {m: sub.get(n.lower()) for m, n in BUAA_MODALITY_DIRS.items()}
         found: list[tuple[Path, str, int]] = []
         if any(moddirs.values()):
             for m, d in moddirs.items():
-                if d is None:
-                    continue
-                for f in _files(d):
-                    if not is_image_file(f):
-                        ignored.append(str(f))
-                    elif not f.stem.isdigit():
-                        odd.append(str(f))
-                    else:
-                        found.append((f, m, int(f.stem)))
+                if d is not None:
+                    found += [(f, m, n) for f, n in numbered(d)]
         else:
-            for f in _files(sdir):
-                if not is_image_file(f):
-                    ignored.append(str(f))
-                elif not f.stem.isdigit():
-                    odd.append(str(f))
-                else:
-                    n = int(f.stem)
-                    vis = (n % 2 == 1) == BUAA_VIS_NUMBERS_ODD
-                    found.append((f, "vis" if vis else "nir", (n + 1) // 2))
+            for f, n in numbered(sdir):
+                vis = (n % 2 == 1) == BUAA_VIS_NUMBERS_ODD
+                found.append((f, "vis" if vis else "nir", (n + 1) // 2))
         if found:
             per_subject[sdir.name] = found
-    stray = [str(f) for f in _files(root) if is_image_file(f)]
+    stray = [str(f) for f in files_in(root) if is_image_file(f)]
     if stray:
         warnings.append(
             f"ignored {len(stray)} image(s) outside subject folders: {show_some(stray)}"

@@ -53,9 +53,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfrjax.data.convert.common import (  # noqa: F401 - show_some re-exported.
+from hfrjax.data.convert.common import (  # noqa: F401 - CaseResolver, show_some re-exported.
+    CaseResolver,
     ConversionError,
     ConversionReport,
+    ListedImages,
     SourceImage,
     add_io_arguments,
     add_output_arguments,
@@ -64,11 +66,15 @@ from hfrjax.data.convert.common import (  # noqa: F401 - show_some re-exported.
     converter_options,
     input_root,
     is_image_file,
-    missing_files_error,
+    list_lines,
     natural_key,
+    nested_root_hint,
+    numbered_lists,
     relative_key,
+    relative_parts,
     run_converter,
     show_some,
+    subdirs,
     usage_error,
 )
 from hfrjax.data.convert.writing import (  # noqa: F401 - count checks re-exported.
@@ -161,19 +167,6 @@ def sysu_camera(key: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Shared helpers.
-
-
-def _subdirs(d: Path) -> dict[str, Path]:
-    """Non-hidden subfolders of ``d`` by lower-cased name."""
-    out: dict[str, Path] = {}
-    for p in sorted(d.iterdir(), key=lambda p: natural_key(p.name)):
-        if p.is_dir() and not p.name.startswith("."):
-            out.setdefault(p.name.lower(), p)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # SYSU-MM01.
 
 
@@ -233,11 +226,10 @@ def _scan_sysu(
     root: Path, wanted: set[int], warnings: list[str]
 ) -> dict[tuple[int, int], list[tuple[Path, str]]]:
     """(camera, identity) -> [(file, folder name)] in file-name order, for wanted identities."""
-    top = _subdirs(root)
+    top = subdirs(root)
     absent = [f"cam{c}" for c in SYSU_CAMERA_MODALITY if f"cam{c}" not in top]
     if absent:
-        inner = [str(d) for d in top.values() if "cam1" in _subdirs(d)]
-        hint = f"; pass {inner[0]} as the root" if inner else ""
+        hint = nested_root_hint(top, "cam1")
         raise ConversionError(
             f"SYSU-MM01: {root} lacks the camera folder(s) {absent}; expected root/cam1 ... "
             f"root/cam6 holding <4-digit identity>/<frame>.jpg{hint}"
@@ -352,77 +344,20 @@ def _sysu(
 # RegDB.
 
 
-class CaseResolver:
-    """A listed relative path -> the file: as listed, else matching names case-insensitively."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._listing: dict[Path, dict[str, str]] = {}
-
-    def _names(self, d: Path) -> dict[str, str]:
-        if d not in self._listing:
-            try:
-                self._listing[d] = {p.name.lower(): p.name for p in d.iterdir()}
-            except OSError:
-                self._listing[d] = {}
-        return self._listing[d]
-
-    def __call__(self, parts: Sequence[str]) -> Path | None:
-        exact = self.root.joinpath(*parts)
-        if exact.is_file():
-            return exact
-        d = self.root
-        for i, part in enumerate(parts):
-            name = self._names(d).get(part.lower())
-            if name is None:
-                return None
-            d = d / name
-        return d if d.is_file() else None
-
-
-def _regdb_list_files(root: Path) -> list[dict[str, Path]]:
-    """The list files of trials 1..K (K = the last trial whose lists exist)."""
-    folds = []
-    for k in range(1, 1000):
-        paths = {role: root / t.format(k=k) for role, t in REGDB_LISTS.items()}
-        present = {role: p.is_file() for role, p in paths.items()}
-        if not any(present.values()):
-            break
-        absent = [str(paths[r]) for r, ok in present.items() if not ok]
-        if absent:
-            raise ConversionError(
-                f"RegDB trial {k}: list(s) {absent} are missing (the trial's other lists exist)"
-            )
-        folds.append(paths)
-    if not folds:
-        idx = root / "idx"
-        found = sorted(p.name for p in idx.iterdir()) if idx.is_dir() else []
-        first = root / REGDB_LISTS["train_vis"].format(k=1)
-        where = f"{idx} holds {show_some(found)}" if idx.is_dir() else f"{idx} is absent"
-        raise ConversionError(
-            f"RegDB: no trial lists under {root}: expected {first} and its siblings ({where})"
-        )
-    later = [
-        k
-        for k in range(len(folds) + 2, 100)
-        if (root / REGDB_LISTS["train_vis"].format(k=k)).is_file()
-    ]
-    if later:
-        raise ConversionError(
-            f"RegDB: the lists of trial {len(folds) + 1} are missing but trial {later[0]}'s exist"
-        )
-    return folds
+REGDB_LIST_MESSAGES = {
+    "partial": "RegDB trial {k}: list(s) {absent} are missing (the trial's other lists exist)",
+    "none": "RegDB: no trial lists under {root}: expected {first} and its siblings ({where})",
+    "gap": "RegDB: the lists of trial {k} are missing but trial {later}'s exist",
+}
 
 
 def _regdb(
     root: Path, on_bad: str, report: ConversionReport, warnings: list[str]
 ) -> tuple[list[SourceImage], Protocol, list[str], dict[str, Any]]:
-    resolve = CaseResolver(root)
-    images: dict[str, SourceImage] = {}
-    missing: dict[str, str] = {}
-    folds, duplicates = [], 0
+    listed = ListedImages(root, strict=False)  # A file listed again keeps its first entry.
+    folds = []
     label_clash = []
-    for k, paths in enumerate(_regdb_list_files(root), start=1):
+    for k, paths in enumerate(numbered_lists(root, REGDB_LISTS, REGDB_LIST_MESSAGES), start=1):
         lists: dict[str, list[str]] = {}
         label_of_list: dict[str, dict[str, str]] = {}
         for role, list_path in paths.items():
@@ -430,17 +365,12 @@ def _regdb(
             keys: list[str] = []
             folder_of_label: dict[str, tuple[str, str]] = {}
             label_of_folder: dict[str, tuple[str, str]] = {}
-            text = list_path.read_text(encoding="utf-8-sig", errors="replace")
-            for lineno, line in enumerate(text.splitlines(), start=1):
-                where = f"{list_path}:{lineno}"
-                tokens = line.split()
-                if not tokens:
-                    continue
+            for where, line, tokens in list_lines(list_path):
                 if len(tokens) != 2:
                     raise ConversionError(f"{where}: expected 'relative/path label', got {line!r}")
                 path, label = tokens
-                parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
-                if len(parts) < 2 or ".." in parts:
+                parts = relative_parts(path)
+                if parts is None or len(parts) < 2:
                     raise ConversionError(
                         f"{where}: {path!r} is not a relative path <Visible|Thermal>/<id>/<file>"
                     )
@@ -461,18 +391,8 @@ def _regdb(
                             f"{where}: label {label} and identity folder {identity!r} disagree "
                             f"with {old[1]} (a label must name one folder within a list)"
                         )
-                found = resolve(parts)
-                key = relative_key("/".join(parts))
-                if found is None:
-                    missing.setdefault(key, f"{'/'.join(parts)} ({where})")
-                else:
-                    rel = found.relative_to(root).as_posix()
-                    key = relative_key(rel)
-                    images.setdefault(key, SourceImage(found, rel, key, identity, modality))
-                keys.append(key)
-            deduped = list(dict.fromkeys(keys))
-            duplicates += len(keys) - len(deduped)
-            lists[role] = deduped
+                keys.append(listed.add(parts, identity, modality, where, path))
+            lists[role] = listed.once(keys)
             label_of_list[role] = {lab: f for lab, (f, _) in folder_of_label.items()}
         for a, b in (("gallery", "probe"), ("train_vis", "train_ir")):
             x, y = label_of_list[a], label_of_list[b]
@@ -480,26 +400,15 @@ def _regdb(
             if clash:
                 label_clash.append(f"trial {k} {a}/{b}: label {clash[0]}")
         folds.append(lists)
-    if duplicates:
-        warnings.append(f"{duplicates} repeated line(s) within a list were read once")
+    if listed.repeated:
+        warnings.append(f"{listed.repeated} repeated line(s) within a list were read once")
     if label_clash:
         warnings.append(
             "the same label names different identity folders in the visible and thermal lists "
             f"of {show_some(label_clash)}; identities here come from the folders, so evaluation by "
             "the lists' labels would differ"
         )
-    if missing:
-        if on_bad == "raise":
-            raise missing_files_error(
-                list(missing.values()),
-                f"the RegDB lists under {root} (pass on_bad='skip' to skip and count them)",
-            )
-        for shown in missing.values():
-            report.skip("missing file", shown)
-        warnings.append(
-            f"{len(missing)} listed file(s) do not exist and were left out, e.g. "
-            f"{show_some(list(missing.values()))}"
-        )
+    dropped = listed.drop_missing(f"the RegDB lists under {root}", on_bad, report, warnings)
     protocol = Protocol(
         "regdb",
         [
@@ -515,7 +424,7 @@ def _regdb(
         f"RegDB: {len(folds)} trials read from the dataset's idx/ lists; gallery = the visible "
         "test list, probes = the thermal test list (swap them for visible->thermal)",
     )
-    return list(images.values()), protocol, list(missing), {"trials": len(folds)}
+    return list(listed.images.values()), protocol, dropped, {"trials": len(folds)}
 
 
 # --------------------------------------------------------------------------------------------

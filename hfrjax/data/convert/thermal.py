@@ -49,7 +49,6 @@ from the protocol with a warning.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -58,22 +57,21 @@ from typing import Any
 
 from hfrjax.data.convert.common import (
     ConversionError,
-    ConversionReport,
-    SourceImage,
+    ListedImages,
     add_io_arguments,
     add_output_arguments,
     check_on_bad,
     check_out_dir,
     converter_options,
+    csv_rows,
     input_root,
-    missing_files_error,
-    relative_key,
+    list_lines,
+    relative_parts,
     run_converter,
     show_some,
     usage_error,
 )
 from hfrjax.data.convert.folders import map_modality
-from hfrjax.data.convert.reid import CaseResolver
 from hfrjax.data.convert.writing import Conversion, finish_conversion
 from hfrjax.data.protocol import Fold, Protocol
 
@@ -193,19 +191,11 @@ def set_protocol(
     )
 
 
-class _Images:
-    """Images gathered from lists: one SourceImage per key, consistent identity and modality."""
+class _SetImages(ListedImages):
+    """The images of set lists, named by paths relative to the root (or absolute under it)."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.resolve = CaseResolver(root)
-        self.images: dict[str, SourceImage] = {}
-        self.where: dict[str, str] = {}
-        self.missing: dict[str, str] = {}
-        self.missing_modality: dict[str, str] = {}
-
-    def add(self, path: str, identity: str | None, modality: str, where: str) -> str:
-        """The key of ``path`` (relative to root); identity None: the first path component."""
+    def add_path(self, path: str, identity: str | None, modality: str, where: str) -> str:
+        """The key of ``path``; identity None: the first path component."""
         full = Path(path)
         if full.is_absolute():
             try:
@@ -214,8 +204,8 @@ class _Images:
                 raise ConversionError(
                     f"{where}: {path} is not under the root {self.root}"
                 ) from None
-        parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
-        if not parts or ".." in parts:
+        parts = relative_parts(path)
+        if parts is None:
             raise ConversionError(f"{where}: {path!r} is not a relative file path")
         if identity is None:
             if len(parts) < 2:
@@ -224,62 +214,26 @@ class _Images:
                     "identity column"
                 )
             identity = parts[0]
-        found = self.resolve(parts)
-        if found is None:
-            key = relative_key("/".join(parts))
-            self.missing.setdefault(key, f"{'/'.join(parts)} ({where})")
-            self.missing_modality.setdefault(key, modality)
-            return key
-        rel = found.relative_to(self.root).as_posix()
-        key = relative_key(rel)
-        old = self.images.get(key)
-        if old is None:
-            self.images[key] = SourceImage(found, rel, key, identity, modality)
-            self.where[key] = where
-        elif (old.identity, old.modality) != (identity, modality):
-            raise ConversionError(
-                f"{where}: {path} is {modality} of identity {identity!r} here but "
-                f"{old.modality} of identity {old.identity!r} at {self.where[key]}"
-            )
-        return key
-
-    def modality_of(self, key: str) -> str:
-        """The modality a listed key (found or missing) was given."""
-        return self.images[key].modality if key in self.images else self.missing_modality[key]
-
-    def dropped(self, on_bad: str, report: ConversionReport, warnings: list[str], what: str):
-        if not self.missing:
-            return []
-        if on_bad == "raise":
-            raise missing_files_error(
-                list(self.missing.values()), f"{what} (pass on_bad='skip' to skip and count them)"
-            )
-        for shown in self.missing.values():
-            report.skip("missing file", shown)
-        warnings.append(
-            f"{len(self.missing)} listed file(s) do not exist and were left out, e.g. "
-            f"{show_some(list(self.missing.values()))}"
-        )
-        return list(self.missing)
+        return self.add(parts, identity, modality, where, path)
 
 
 # --------------------------------------------------------------------------------------------
 # ARL-VTF.
 
 
-def _read_set_list(path: Path, gathered: _Images, modality: str) -> list[str]:
+def _set_list_tokens(line: str) -> list[str]:
+    return [t for t in re.split(r"[,\s]+", line.strip()) if t]
+
+
+def _read_set_list(path: Path, gathered: _SetImages, modality: str) -> list[str]:
     keys = []
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        tokens = [t for t in re.split(r"[,\s]+", line.strip()) if t]
-        if not tokens:
-            continue
+    for where, line, tokens in list_lines(path, _set_list_tokens):
         if len(tokens) > 2:
             raise ConversionError(
-                f"{path}:{lineno}: expected 'relative/path [identity]', got {line.strip()!r}"
+                f"{where}: expected 'relative/path [identity]', got {line.strip()!r}"
             )
         identity = tokens[1] if len(tokens) == 2 else None
-        keys.append(gathered.add(tokens[0], identity, modality, f"{path}:{lineno}"))
+        keys.append(gathered.add_path(tokens[0], identity, modality, where))
     if not keys:
         raise ConversionError(f"{path} lists no images")
     return list(dict.fromkeys(keys))
@@ -329,7 +283,7 @@ def convert_arlvtf(
     present.sort(key=lambda s: (s[0] != "G", order.get(s, len(order)), s))
     conv = Conversion(root_p, Path(out_dir), on_bad, num_shards, progress, workers)
     report, warnings = conv.report, conv.warnings
-    gathered = _Images(root_p)
+    gathered = _SetImages(root_p)
     lists: dict[str, list[str]] = {}
     roles: dict[str, str] = {}
     for s in present:
@@ -339,7 +293,7 @@ def convert_arlvtf(
         if (root_p / rel).is_file():
             lists[f"train_{m}"] = _read_set_list(root_p / rel, gathered, m)
             roles[f"train_{m}"] = "train"
-    dropped = gathered.dropped(on_bad, report, warnings, f"the ARL-VTF lists under {root_p}")
+    dropped = gathered.drop_missing(f"the ARL-VTF lists under {root_p}", on_bad, report, warnings)
     kept = {s: [k for k in keys if k in gathered.images] for s, keys in lists.items()}
     protocol = set_protocol(
         "arl-vtf",
@@ -393,50 +347,30 @@ def convert_set_list(
     pair_list = _parse_pairs(pairs)
     conv = Conversion(root_p, Path(out_dir), on_bad, num_shards, progress, workers)
     report, warnings = conv.report, conv.warnings
-    gathered = _Images(root_p)
+    gathered = _SetImages(root_p)
     sets: dict[str, list[str]] = {}
     roles: dict[str, str] = {}
     seen: dict[tuple[str, str], int] = {}
-    with open(csv_p, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise ConversionError(f"{csv_p}: empty file; expected a header {SET_LIST_COLUMNS}")
-        cols = {h.strip().lower(): i for i, h in enumerate(header)}
-        absent = [c for c in SET_LIST_COLUMNS if c not in cols]
-        if absent:
+    rows = csv_rows(csv_p, SET_LIST_COLUMNS, required=("path", "identity", "modality"))
+    for where, line_num, (path, identity, modality, set_name) in rows:
+        modality = map_modality(modality, where)
+        try:
+            role = set_role(set_name)
+        except ValueError as e:
+            raise ConversionError(f"{where}: {e}") from None
+        key = gathered.add_path(path, identity, modality, where)
+        if (key, set_name) in seen:
             raise ConversionError(
-                f"{csv_p}:1: header {header} lacks the column(s) {absent}; expected "
-                f"{','.join(SET_LIST_COLUMNS)}"
+                f"{where}: {path} is listed in set {set_name!r} again (first at line "
+                f"{seen[(key, set_name)]})"
             )
-        for row in reader:
-            where = f"{csv_p}:{reader.line_num}"
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) < len(header):
-                raise ConversionError(f"{where}: {len(row)} field(s), the header has {len(header)}")
-            path, identity, modality, set_name = (row[cols[c]].strip() for c in SET_LIST_COLUMNS)
-            for col, value in (("path", path), ("identity", identity), ("modality", modality)):
-                if not value:
-                    raise ConversionError(f"{where}: empty {col!r}")
-            modality = map_modality(modality, where)
-            try:
-                role = set_role(set_name)
-            except ValueError as e:
-                raise ConversionError(f"{where}: {e}") from None
-            key = gathered.add(path, identity, modality, where)
-            if (key, set_name) in seen:
-                raise ConversionError(
-                    f"{where}: {path} is listed in set {set_name!r} again (first at line "
-                    f"{seen[(key, set_name)]})"
-                )
-            seen[(key, set_name)] = reader.line_num
-            if role is not None:
-                sets.setdefault(set_name, []).append(key)
-                roles[set_name] = role
+        seen[(key, set_name)] = line_num
+        if role is not None:
+            sets.setdefault(set_name, []).append(key)
+            roles[set_name] = role
     if not gathered.images and not gathered.missing:
         raise ConversionError(f"{csv_p} lists no images")
-    dropped = gathered.dropped(on_bad, report, warnings, str(csv_p))
+    dropped = gathered.drop_missing(str(csv_p), on_bad, report, warnings)
     modality_of = {k: gathered.modality_of(k) for keys in sets.values() for k in keys}
     try:
         protocol = set_protocol(
