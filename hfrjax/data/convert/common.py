@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hfrjax.data import augment
+from hfrjax.data.protocol import Fold, Protocol
 
 ON_BAD = ("raise", "skip")
 SHOW = 5  # Offending paths named in messages.
@@ -383,6 +384,30 @@ def numbered_lists(
         )
     return folds
 
+
+def protocol_from_lists(
+    name: str,
+    folds: Sequence[Mapping[str, list[str]]],
+    train: Mapping[str, str],
+    modalities: tuple[str, str],
+    description: str,
+) -> Protocol:
+    """A protocol whose folds are read from lists: per fold {role: keys}, the training lists
+    the roles ``train`` names {modality: role}, the gallery the "gallery" role's, the probes
+    the "probe" role's; ``modalities`` = (gallery modality, probe modality)."""
+    return Protocol(
+        name,
+        [
+            Fold(
+                train={m: f[role] for m, role in train.items()},
+                gallery=f["gallery"],
+                probe=f["probe"],
+            )
+            for f in folds
+        ],
+        *modalities,
+        description,
+    )
 
 def csv_rows(
     csv_path: Path, columns: Sequence[str], required: Sequence[str]

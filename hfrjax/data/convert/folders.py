@@ -60,6 +60,7 @@ from hfrjax.data.convert.writing import (  # noqa: F401 - the writing stage, re-
     clear_outputs,
     fold_counts,
     fold_warnings,
+    modality_counts,
     prune_protocol,
     write_dataset,
     write_report,
@@ -271,10 +272,9 @@ def run(args: argparse.Namespace) -> int:
     """Runs ``hfrjax convert folder``; 0 on success, 2 with a message on bad input."""
 
     def summary(result: dict[str, Any]) -> None:
-        mods = ", ".join(f"{m} {n}" for m, n in result["modalities"].items())
         print(
             f"wrote {result['num_images']} images of {result['identities']} identities to "
-            f"{args.out} ({mods})"
+            f"{args.out} ({modality_counts(result)})"
         )
 
     return run_converter(

@@ -76,6 +76,7 @@ from hfrjax.data.convert.common import (
     natural_key,
     nested_root_hint,
     numbered_lists,
+    protocol_from_lists,
     relative_key,
     relative_parts,
     run_converter,
@@ -87,6 +88,8 @@ from hfrjax.data.convert.writing import (  # noqa: F401 - APPROX_TOLERANCE re-ex
     APPROX_TOLERANCE,
     Conversion,
     finish_conversion,
+    modality_counts,
+    text_table,
 )
 from hfrjax.data.protocol import Fold, Protocol
 
@@ -297,18 +300,11 @@ def _read_lists(
         warnings,
         tried=f"also tried {'/'.join(LIST_EXTENSIONS)} and case-insensitive matches; ",
     )
-    protocol = Protocol(
+    protocol = protocol_from_lists(
         "casia-nirvis2-view2" if casia else "lamp-hq",
-        [
-            Fold(
-                train={"vis": f["train_vis"], "nir": f["train_nir"]},
-                gallery=f["gallery"],
-                probe=f["probe"],
-            )
-            for f in folds
-        ],
-        "vis",
-        "nir",
+        folds,
+        {"vis": "train_vis", "nir": "train_nir"},
+        ("vis", "nir"),
         f"{len(folds)} folds read from the dataset's own lists ({', '.join(templates.values())})",
     )
     return list(listed.images.values()), protocol, dropped
@@ -521,15 +517,12 @@ def format_table(result: Mapping[str, Any]) -> str:
     rows = [("fold", *TABLE_COLUMNS), ("expected", *(str(exp.get(c, "-")) for c in TABLE_COLUMNS))]
     for f in result["folds"]:
         rows.append((str(f["fold"]), *(str(f["counts"].get(c, "-")) for c in TABLE_COLUMNS)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    mods = ", ".join(f"{m} {n}" for m, n in result["modalities"].items())
     head = (
-        f"{result['dataset']}: {result['num_images']} images ({mods}), "
+        f"{result['dataset']}: {result['num_images']} images ({modality_counts(result)}), "
         f"{result['identities']} identities (expected {exp.get('identities', '-')}), "
         f"{len(result['folds'])} fold(s) (expected {exp.get('num_folds', '-')})"
     )
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join([head, *lines])
+    return text_table(head, rows)
 
 
 def convert_nirvis(

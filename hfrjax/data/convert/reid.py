@@ -70,6 +70,7 @@ from hfrjax.data.convert.common import (  # noqa: F401 - CaseResolver, show_some
     natural_key,
     nested_root_hint,
     numbered_lists,
+    protocol_from_lists,
     relative_key,
     relative_parts,
     run_converter,
@@ -409,18 +410,11 @@ def _regdb(
             "the lists' labels would differ"
         )
     dropped = listed.drop_missing(f"the RegDB lists under {root}", on_bad, report, warnings)
-    protocol = Protocol(
+    protocol = protocol_from_lists(
         "regdb",
-        [
-            Fold(
-                train={"vis": f["train_vis"], "thermal": f["train_ir"]},
-                gallery=f["gallery"],
-                probe=f["probe"],
-            )
-            for f in folds
-        ],
-        "vis",
-        "thermal",
+        folds,
+        {"vis": "train_vis", "thermal": "train_ir"},
+        ("vis", "thermal"),
         f"RegDB: {len(folds)} trials read from the dataset's idx/ lists; gallery = the visible "
         "test list, probes = the thermal test list (swap them for visible->thermal)",
     )

@@ -401,12 +401,21 @@ def format_fold_table(result: Mapping[str, Any]) -> str:
     rows = [("fold", *columns)]
     for f in result["folds"]:
         rows.append((str(f["name"]), *(str(f["counts"].get(c, "-")) for c in columns)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    mods = ", ".join(f"{m} {n}" for m, n in result["modalities"].items())
     head = (
-        f"{result['dataset']}: {result['num_images']} images ({mods}), "
+        f"{result['dataset']}: {result['num_images']} images ({modality_counts(result)}), "
         f"{result['identities']} identities, {len(result['folds'])} fold(s)"
     )
+    return text_table(head, rows)
+
+
+def modality_counts(result: Mapping[str, Any]) -> str:
+    """"vis 120, nir 240": the images per modality of a conversion summary."""
+    return ", ".join(f"{m} {n}" for m, n in result["modalities"].items())
+
+
+def text_table(head: str, rows: Sequence[Sequence[str]]) -> str:
+    """``head`` over ``rows`` in left-aligned columns two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join([head, *lines])
 
