@@ -146,3 +146,19 @@ def test_every_documented_field_is_settable_on_every_shipped_config():
         c.model.kwargs.layers = (2, 2, 2, 2)  # Tuples: overridable from the command line.
         _, _, task_cfg = parse_config(c)
         assert task_cfg.input.on_corrupt == "skip" and task_cfg.model.kwargs["layers"] == (2, 2, 2, 2)
+
+
+def test_sigterm_in_the_final_evaluation_stops_at_once_with_status_143():
+    """After the last step is saved the loop sets ``raise_on_signal``: a SIGTERM then raises
+    `Preempted` (exit status 143) where it lands, e.g. inside the final evaluation, instead of
+    letting the default handler kill the process with no message."""
+    import signal
+
+    with ckpt_lib.PreemptionGuard() as guard:
+        guard.raise_on_signal = True
+        with pytest.raises(trainer.Preempted) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # The handler runs between bytecodes.
+                sum(range(100))
+        assert e.value.code == 143 and "rerun to finish the final evaluation" in e.value.msg
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Restored on exit.

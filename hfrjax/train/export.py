@@ -104,7 +104,7 @@ def _jsonable(x: Any) -> Any:
 class Embedder:
     """uint8 [N, H, W, C] images (or [-1, 1] floats) -> L2-normalised float32 embeddings.
 
-    Models that treat modalities differently (``model.takes_modality``, e.g. SSN's saliency
+    Models that treat modalities differently (``model.takes_modality``, e.g. per-modality
     masks) take the images' modality: a name ("nir") or int32 [N] codes; default "vis".
     """
 

@@ -1,7 +1,7 @@
 """The general train state, and how a backbone and a normalised classifier head are built.
 
 ``params`` is a dict of named parameter groups (e.g. ``{"backbone", "head"}``, or
-``{"network", "masks", "critic"}``); each optimizer of a task owns some groups, and its state
+``{"network", "masks"}``); each optimizer of a task owns some groups, and its state
 sits in ``opt_states[name]`` with its update count in ``updates[name]``. ``model_state``
 holds the non-trainable collections (``{"batch_stats": ...}``); ``extra`` is a task-owned
 pytree of arrays (pseudo-labels, anchors, PCA bases, class centres). Everything is saved
