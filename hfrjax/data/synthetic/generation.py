@@ -28,15 +28,19 @@ from hfrjax.data.synthetic.presets import SetSpec, SynthConfig, preset_config
 from hfrjax.data.synthetic.rendering import render
 from hfrjax.data.synthetic.sensors import SENSORS
 from hfrjax.data.synthetic.variation import Modality, SampleParams, sample_params
-from hfrjax.data.synthetic.writing import (
+from hfrjax.data.synthetic.writing import (  # noqa: F401 - identity_name re-exported.
     Mapper,
     Progress,
-    clear_shards,
+    Record,
     default_workers,
     encode_image,
     identity_name,
+    identity_names,
+    provenance,
     sample_key,
     seed_sequence,
+    set_directory,
+    write_identity,
 )
 
 
@@ -142,9 +146,7 @@ def _write_set(
 ) -> dict[str, Any]:
     """Renders one set (identities through ``imap``, in order) and writes its shards,
     dataset.json and protocol; returns its summary."""
-    directory = out_dir / spec.directory
-    directory.mkdir(parents=True, exist_ok=True)
-    clear_shards(directory)
+    directory = set_directory(out_dir / spec.directory)
     formats = {"vis": config.vis_format, "nir": config.nir_format}
     tasks = [
         _IdentityTask(
@@ -159,27 +161,18 @@ def _write_set(
         )
         for i in range(spec.num_ids)
     ]
-    names = [identity_name(spec, i) for i in range(spec.num_ids)]
+    names = identity_names(spec)
     keys: dict[str, dict[str, list[str]]] = {"vis": {}, "nir": {}}
     progress = Progress(spec.name, spec.num_images)
     with tfrecord.ShardedWriter(directory, "data", spec.num_shards) as writer:
         for label, (name, encoded) in enumerate(zip(names, imap(_render_task, tasks))):
             keys["vis"][name], keys["nir"][name] = [], []
+            records = []
             for modality, data in encoded:
                 key = sample_key(name, modality, len(keys[modality][name]))
                 keys[modality][name].append(key)
-                writer.write(
-                    tfrecord.Sample(
-                        image=data,
-                        label=label,
-                        modality=modality,
-                        identity=name,
-                        key=key,
-                        dataset=spec.name,
-                        image_format=formats[modality],
-                    )
-                )
-            progress.update(len(encoded))
+                records.append(Record(modality, key, data))
+            progress.update(write_identity(writer, spec.name, label, name, records, formats))
     counts = {m: sum(map(len, keys[m].values())) for m in ("vis", "nir")}
     modalities = {m: n for m, n in counts.items() if n}
     _dataset_info(
@@ -229,11 +222,7 @@ def _dataset_info(
         image_format=next(iter(formats.values())) if len(set(formats.values())) == 1 else "mixed",
         description=spec.description,
         extra={
-            "generator": "hfrjax.data.synthetic",
-            "preset": preset,
-            "seed": seed,
-            "identity_prefix": spec.id_prefix,
-            "set_index": set_index,
+            **provenance(spec, preset, seed, set_index),
             "nuisance": "not stored; hfrjax.data.synthetic.identity_captures(spec, seed, "
             "set_index, label) regenerates each sample's parameters",
             "images_per_identity": {"vis": spec.vis_per_id, "nir": spec.nir_per_id},

@@ -56,11 +56,14 @@ from hfrjax.data.synthetic.sensors import SENSORS
 from hfrjax.data.synthetic.variation import SampleParams, Variation, sample_params
 from hfrjax.data.synthetic.writing import (
     Progress,
-    clear_shards,
+    Record,
     encode_image,
-    identity_name,
+    identity_names,
+    provenance,
     sample_key,
     seed_sequence,
+    set_directory,
+    write_identity,
 )
 
 # Seed path of this kind of set (NIR-VIS presets: 0-2; thermal-visible: 3).
@@ -231,20 +234,12 @@ def _write_images(
     image_format: str,
 ) -> int:
     """Writes one identity's (encoded image, yaw) list with keys numbered from first_key."""
-    for k, (data, yaw) in enumerate(images):
-        writer.write(
-            tfrecord.Sample(
-                image=data,
-                label=label,
-                modality="vis",
-                identity=identity,
-                key=sample_key(identity, "vis", first_key + k),
-                dataset=f"{spec.name}_{set_name}",
-                image_format=image_format,
-                yaw=yaw,
-            )
-        )
-    return len(images)
+    records = [
+        Record("vis", sample_key(identity, "vis", first_key + k), data, yaw)
+        for k, (data, yaw) in enumerate(images)
+    ]
+    dataset = f"{spec.name}_{set_name}"
+    return write_identity(writer, dataset, label, identity, records, {"vis": image_format})
 
 
 def verification_pairs(
@@ -297,9 +292,8 @@ def _write(
     directories = {v[0]: base / f"train_{v[0]}" for v in variants}
     directories[HOLDOUT_DIR] = base / HOLDOUT_DIR
     for d in directories.values():
-        d.mkdir(parents=True, exist_ok=True)
-        clear_shards(d)
-    names = [identity_name(spec, i) for i in range(spec.num_ids)]
+        set_directory(d)
+    names = identity_names(spec)
     n_holdout = spec.num_holdout_ids
     pairs = verification_pairs(spec, seed)
     pair_images = {x for a, b, _ in pairs for x in (a, b)}
@@ -377,11 +371,7 @@ def _write(
                 f"{per_ur} images."
             ),
             extra={
-                "generator": "hfrjax.data.synthetic",
-                "preset": preset,
-                "seed": seed,
-                "identity_prefix": spec.id_prefix,
-                "set_index": SET_INDEX,
+                **provenance(spec, preset, seed, SET_INDEX),
                 "layout": "FTL Table 1 (scaled down); see hfrjax.data.synthetic.longtail",
                 "variant": set_name,
                 "regular_classes": len(regular),

@@ -55,11 +55,14 @@ from hfrjax.data.synthetic.thermal import (
 from hfrjax.data.synthetic.variation import SampleParams, Variation, sample_params
 from hfrjax.data.synthetic.writing import (
     Progress,
-    clear_shards,
+    Record,
     encode_image,
-    identity_name,
+    identity_names,
+    provenance,
     sample_key,
     seed_sequence,
+    set_directory,
+    write_identity,
 )
 
 # Seed path of this kind of set (the NIR-VIS presets use 0, 1, 2 for their three sets).
@@ -309,9 +312,7 @@ def make_arlvtf_protocol(
 def _write(
     out_dir: Path, spec: ThermalVisSpec, config: ThermalVisConfig, seed: int, preset: str, imap
 ) -> dict[str, Any]:
-    directory = Path(out_dir) / spec.directory
-    directory.mkdir(parents=True, exist_ok=True)
-    clear_shards(directory)
+    directory = set_directory(Path(out_dir) / spec.directory)
     wearers = glasses_wearers(spec, seed)
     formats = {"vis": config.vis_format, THERMAL_MODALITY: config.thermal_format}
     tasks = [
@@ -326,26 +327,19 @@ def _write(
         )
         for i in range(spec.num_ids)
     ]
-    names = [identity_name(spec, i) for i in range(spec.num_ids)]
+    names = identity_names(spec)
     plans = {n: capture_plan(spec, i in wearers) for i, n in enumerate(names)}
     counts = {"vis": 0, THERMAL_MODALITY: 0}
     progress = Progress(spec.name, spec.num_images)
     with tfrecord.ShardedWriter(directory, "data", spec.num_shards) as writer:
         for label, (name, encoded) in enumerate(zip(names, imap(_render_task, tasks))):
-            for j, (modality, data) in enumerate(encoded):
-                writer.write(
-                    tfrecord.Sample(
-                        image=data,
-                        label=label,
-                        modality=modality,
-                        identity=name,
-                        key=sample_key(name, modality, j // 2),
-                        dataset=spec.name,
-                        image_format=formats[modality],
-                    )
-                )
-                counts[modality] += 1
-            progress.update(len(encoded))
+            # Capture k is the pair of images 2k (visible) and 2k + 1 (thermal).
+            records = [
+                Record(m, sample_key(name, m, j // 2), data) for j, (m, data) in enumerate(encoded)
+            ]
+            progress.update(write_identity(writer, spec.name, label, name, records, formats))
+            for r in records:
+                counts[r.modality] += 1
     train, test = names[: spec.num_train_ids], names[spec.num_train_ids :]
     dataset_lib.DatasetInfo(
         name=spec.name,
@@ -357,11 +351,7 @@ def _write(
         image_format="mixed" if len(set(formats.values())) > 1 else config.vis_format,
         description=spec.description,
         extra={
-            "generator": "hfrjax.data.synthetic",
-            "preset": preset,
-            "seed": seed,
-            "identity_prefix": spec.id_prefix,
-            "set_index": SET_INDEX,
+            **provenance(spec, preset, seed, SET_INDEX),
             "train_identities": train,
             "test_identities": test,
             "glasses_wearers": [names[i] for i in sorted(wearers)],

@@ -1,4 +1,5 @@
-"""Shared machinery of the set writers: seeding, image encoding, parallel map, progress.
+"""Shared machinery of the set writers: seeding, image encoding, records and dataset.json
+provenance, parallel map, progress.
 
 Each identity is rendered from its own child of ``np.random.SeedSequence(seed)``, addressed
 by a path (set, kind, identity, ...), so the output is byte-identical for any number of worker
@@ -11,7 +12,9 @@ import io
 import multiprocessing
 import os
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import simplejpeg
@@ -54,9 +57,61 @@ def identity_name(spec, index: int) -> str:
     return f"{spec.id_prefix}{index:05d}"
 
 
+def identity_names(spec) -> list[str]:
+    """The names of all ``spec.num_ids`` identities of a set (`identity_name`)."""
+    return [identity_name(spec, i) for i in range(spec.num_ids)]
+
+
 def sample_key(identity: str, modality: str, index: int) -> str:
     """Sample keys are ``<identity>/<modality>/<nnn>``."""
     return f"{identity}/{modality}/{index:03d}"
+
+
+class Record(NamedTuple):
+    """One encoded image of an identity, as `write_identity` stores it."""
+
+    modality: str
+    key: str
+    image: bytes
+    yaw: float | None = None  # Head yaw in degrees; None: not stored.
+
+
+def write_identity(
+    writer: tfrecord.ShardedWriter,
+    dataset: str,
+    label: int,
+    identity: str,
+    records: Iterable[Record],
+    formats: Mapping[str, str],
+) -> int:
+    """Writes one identity's records (image format by modality); returns how many."""
+    n = 0
+    for r in records:
+        writer.write(
+            tfrecord.Sample(
+                image=r.image,
+                label=label,
+                modality=r.modality,
+                identity=identity,
+                key=r.key,
+                dataset=dataset,
+                image_format=formats[r.modality],
+                yaw=r.yaw,
+            )
+        )
+        n += 1
+    return n
+
+
+def provenance(spec, preset: str, seed: int, set_index: int) -> dict[str, Any]:
+    """The first entries of a generated set's dataset.json ``extra``: how it was made."""
+    return {
+        "generator": "hfrjax.data.synthetic",
+        "preset": preset,
+        "seed": seed,
+        "identity_prefix": spec.id_prefix,
+        "set_index": set_index,
+    }
 
 
 class Progress:
@@ -86,6 +141,13 @@ def clear_shards(directory: Path) -> None:
     """Removes shards of an earlier run so the directory only holds what dataset.json lists."""
     for path in directory.glob(f"data-*-of-*{tfrecord.SHARD_SUFFIX}*"):
         path.unlink()
+
+
+def set_directory(directory: Path) -> Path:
+    """``directory``, created if need be and without the shards of an earlier run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    clear_shards(directory)
+    return directory
 
 
 def default_workers() -> int:
