@@ -118,14 +118,13 @@ class Bottleneck:
         return {"x_y1": (px, p1), "y1_y4": (p1, p4)}
 
     def init(self, rng, x, y1, y4) -> tuple[dict, dict]:
-        """(params, batch_stats) of both critics for inputs shaped like ``x, y1, y4``."""
+        """(params, batch_stats) of both critics for inputs shaped like ``x, y1, y4`` (jit it)."""
         batch = x.shape[0]
         perm = jnp.roll(jnp.arange(batch), 1)
         is_nir = jnp.arange(batch) % 2 == 1
         params, stats = {}, {}
         for (name, (p, q)), r in zip(self.inputs(x, y1, y4).items(), jax.random.split(rng)):
-            init = jax.jit(lambda key, p, q: self.critic.init(key, p, q, perm, is_nir, train=False))
-            v = init(r, p, q)
+            v = self.critic.init(r, p, q, perm, is_nir, train=False)
             params[name], stats[name] = v["params"], v["batch_stats"]
         return params, stats
 

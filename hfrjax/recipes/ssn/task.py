@@ -279,6 +279,14 @@ def load_network(path: str, network: dict) -> dict:
     return jax.tree.map(jnp.asarray, loaded)
 
 
+def _initial(fn, restoring: bool):
+    """``fn()`` (jitted), or zeros of its shapes when a checkpoint will overwrite them: a
+    resumed run skips compiling the initialisers."""
+    if restoring:
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn))
+    return jax.jit(fn)()
+
+
 def build_parts(cfg: SSNConfig, num_classes: int, seed: int, *, restoring: bool = False) -> Parts:
     """Model, IB critics and initial parameters for ``num_classes`` identities."""
     mode = check_mode(cfg)
@@ -291,11 +299,11 @@ def build_parts(cfg: SSNConfig, num_classes: int, seed: int, *, restoring: bool 
     model_cfg = {"name": MODEL_NAME, "kwargs": kwargs}
     model = state_lib.build_backbone(model_cfg, compute_dtype=cfg.compute_dtype)
     r_model, r_head, r_critic = jax.random.split(jax.random.key(seed), 3)
-    variables, _ = state_lib.init_backbone(model, r_model)
+    x = dummy_input(model, batch_size=2)
+    variables = _initial(lambda: model.init(r_model, x, train=False)["params"], restoring)
     masks, network = split_mask_params(variables)
     if cfg.init_from and not restoring:
         network = load_network(cfg.init_from, network)
-    x = dummy_input(model, batch_size=2)
     emb, blocks = jax.eval_shape(
         lambda: model.apply({"params": variables}, x, jnp.zeros(2, jnp.int32), return_blocks=True)
     )
@@ -307,7 +315,7 @@ def build_parts(cfg: SSNConfig, num_classes: int, seed: int, *, restoring: bool 
         ib = cfg.ib
         bottleneck = make_bottleneck(ib.critic_features, ib.critic_head, ib.pool, ib.beta)
         zeros = [jnp.zeros(t.shape, jnp.float32) for t in (x, blocks[0], blocks[-1])]
-        params["critic"], stats = bottleneck.init(r_critic, *zeros)
+        params["critic"], stats = _initial(lambda: bottleneck.init(r_critic, *zeros), restoring)
         model_state = {"batch_stats": stats}
     return Parts(cfg, mode, model, model_cfg, bottleneck, params, model_state, int(emb.shape[-1]))
 
@@ -353,40 +361,50 @@ def _mask_hook(parts: Parts):
     return hook
 
 
+def build_inputs(cfg: SSNConfig, ctx) -> tuple[dict, dict, int, dict]:
+    """(inputs, class-id remaps, AFS search steps, metadata). Mode afs: ``train`` plus the
+    ``search_train`` / ``search_val`` halves (the split is written to the workdir)."""
+    mode = check_mode(cfg)
+    if cfg.input.joint:
+        raise ConfigError("task ssn trains on one dataset (input.joint must be empty)")
+    full = pipeline.make_train_input(cfg.input, mesh=ctx.mesh)
+    inputs: dict[str, Any] = {"train": full}
+    meta: dict[str, Any] = {"mode": cfg.mode}
+    remaps: dict[str, np.ndarray] = {}
+    if not mode.afs:
+        return inputs, remaps, 0, meta
+    records, _ = pipeline.select_records(Dataset.open(cfg.input.data_dir), cfg.input)
+    s_train, s_val = search.identity_preserving_split(
+        records.key, records.label, records.modality,
+        seed=cfg.afs.split_seed, val_fraction=cfg.afs.val_fraction,
+    )
+    info = {"seed": cfg.afs.split_seed, "val_fraction": cfg.afs.val_fraction,
+            "data_dir": cfg.input.data_dir, "fold": cfg.input.fold}
+    if jax.process_index() == 0:
+        search.write_split(ctx.workdir, s_train, s_val, info)
+    for name, keys in (("search_train", s_train), ("search_val", s_val)):
+        sub_cfg = dataclasses.replace(cfg.input, keys=tuple(keys), fold=None)
+        try:
+            inputs[name] = pipeline.make_train_input(sub_cfg, mesh=ctx.mesh)
+        except ValueError as e:
+            raise ValueError(f"AFS {name} ({len(keys)} records of {cfg.input.data_dir}): {e}") from e
+        remaps[name] = search.class_remap(full.class_labels, inputs[name].class_labels, name)
+    per_epoch = inputs["search_train"].steps_per_epoch
+    search_steps = int(cfg.afs.search_steps or round(cfg.afs.search_epochs * per_epoch))
+    meta["afs"] = dict(info, search_steps=search_steps, num_train=len(s_train), num_val=len(s_val))
+    return inputs, remaps, search_steps, meta
+
+
 @register_task("ssn")
 class SSNTask:
     config_class = SSNConfig
 
     def setup(self, cfg: SSNConfig, ctx) -> TaskSetup:
         mode = check_mode(cfg)
-        mesh = ctx.mesh
-        if cfg.input.joint:
-            raise ConfigError("task ssn trains on one dataset (input.joint must be empty)")
-        full = pipeline.make_train_input(cfg.input, mesh=mesh)
-        inputs: dict[str, Any] = {"train": full}
+        inputs, remaps, search_steps, meta = build_inputs(cfg, ctx)
+        full = inputs["train"]
         spe = full.steps_per_epoch
         train_steps = int(cfg.total_steps or round(cfg.num_epochs * spe))
-        meta: dict[str, Any] = {"mode": cfg.mode}
-        search_steps, remaps = 0, {}
-        if mode.afs:
-            records, _ = pipeline.select_records(Dataset.open(cfg.input.data_dir), cfg.input)
-            s_train, s_val = search.identity_preserving_split(
-                records.key, records.label, records.modality,
-                seed=cfg.afs.split_seed, val_fraction=cfg.afs.val_fraction,
-            )
-            info = {"seed": cfg.afs.split_seed, "val_fraction": cfg.afs.val_fraction,
-                    "data_dir": cfg.input.data_dir, "fold": cfg.input.fold}
-            if jax.process_index() == 0:
-                search.write_split(ctx.workdir, s_train, s_val, info)
-            for name, keys in (("search_train", s_train), ("search_val", s_val)):
-                sub_cfg = dataclasses.replace(cfg.input, keys=tuple(keys), fold=None)
-                try:
-                    inputs[name] = pipeline.make_train_input(sub_cfg, mesh=mesh)
-                except ValueError as e:
-                    raise ValueError(f"AFS {name} ({len(keys)} records): {e}") from e
-                remaps[name] = search.class_remap(full.class_labels, inputs[name].class_labels, name)
-            search_steps = int(cfg.afs.search_steps or round(cfg.afs.search_epochs * inputs["search_train"].steps_per_epoch))
-            meta["afs"] = dict(info, search_steps=search_steps, num_train=len(s_train), num_val=len(s_val))
         parts = build_parts(cfg, full.num_classes, ctx.seed, restoring=ctx.restoring)
         optimizers = make_optimizers(parts, spe, search_steps + train_steps)
         train_step = Step(parts.loss("train", None, train_critics=True, keep_model_state=False), ("train",), ("net",))
