@@ -197,7 +197,6 @@ def check_out_dir(root: Path, out_dir: Path, scans_root: bool) -> None:
         )
 
 
-
 def subdirs(d: Path) -> dict[str, Path]:
     """Non-hidden subfolders of ``d`` by lower-cased name, in natural order."""
     out: dict[str, Path] = {}
@@ -409,6 +408,7 @@ def protocol_from_lists(
         description,
     )
 
+
 def csv_rows(
     csv_path: Path, columns: Sequence[str], required: Sequence[str]
 ) -> Iterator[tuple[str, int, list[str]]]:
@@ -438,6 +438,7 @@ def csv_rows(
                 if col in required and not value:
                     raise ConversionError(f"{where}: empty {col!r}")
             yield where, reader.line_num, values
+
 
 # --------------------------------------------------------------------------------------------
 # Command lines (``hfrjax convert <format>``).

@@ -43,7 +43,7 @@ Every dataset holds exactly the images its protocol lists name (CASIA, LAMP-HQ: 
 in any fold's lists; Oulu: the drawn 40 x 96; BUAA: every image of the drawn subjects). Keys are
 paths relative to ``root`` with '/' separators and without extension; labels are 0..C-1 over
 the identity names in natural sort order; images keep their original bytes (BMP as BMP: see
-`hfrjax.data.convert.folders`). Files named by a list but missing, and undecodable images,
+`hfrjax.data.convert.writing`). Files named by a list but missing, and undecodable images,
 raise `ConversionError` (count and first few) or, with ``on_bad="skip"``, are counted and
 removed from the protocol with a warning. Per-fold counts are reported next to `EXPECTED`.
 """

@@ -37,7 +37,7 @@ Thermal images are stored with the library's thermal modality name, "thermal"
 
 Keys are paths relative to ``root`` with '/' separators and without extension; labels are
 0..C-1 over the identity folder names in natural order; images keep their bytes (see
-`hfrjax.data.convert.folders.write_dataset`, which also makes a re-run rewrite the directory
+`hfrjax.data.convert.writing.write_dataset`, which also makes a re-run rewrite the directory
 completely and dataset.json the last file written). Missing or undecodable files raise
 `ConversionError` or, with ``on_bad="skip"``, are counted and dropped from the protocol with a
 warning. Per-fold counts are compared with `EXPECTED` (warnings, not errors).

@@ -41,7 +41,7 @@ no list). An image in several sets takes one row per set. Folds: every probe set
 gallery set, or the ``pairs`` given.
 
 Keys are the image paths relative to ``root`` without extension; labels 0..C-1 over the
-identities in natural order; images keep their bytes (`folders.write_dataset`). Missing or
+identities in natural order; images keep their bytes (`writing.write_dataset`). Missing or
 undecodable files raise `ConversionError` or, with ``on_bad="skip"``, are counted and dropped
 from the protocol with a warning.
 """

@@ -81,7 +81,6 @@ def _load(image: SourceImage) -> _Loaded:
     return _Loaded(data, fmt, size, None)
 
 
-
 def clear_outputs(out_dir: Path) -> None:
     """Removes what an earlier conversion wrote to ``out_dir`` (and nothing else), so the
     directory ends up holding exactly what the new dataset.json and protocol list."""
@@ -95,7 +94,6 @@ def clear_outputs(out_dir: Path) -> None:
         for pattern in ("*_train_*.txt", "*_gallery_*.txt", "*_probe_*.txt", "protocol.json"):
             for p in pdir.glob(pattern):
                 p.unlink()
-
 
 
 def prune_protocol(protocol: Protocol, keep: set[str], warnings: list[str]) -> Protocol:
