@@ -23,6 +23,8 @@ TASK_MODULES = {
     "ssn": "hfrjax.recipes.ssn.task",
     "csan": "hfrjax.recipes.csan.task",
     "ftl": "hfrjax.recipes.ftl.task",
+    "toplight_top": "hfrjax.recipes.toplight.task",
+    "toplight_vi": "hfrjax.recipes.toplight.task",
 }
 
 
