@@ -1,16 +1,17 @@
 """FTL on the synthetic long-tailed VIS sets (preset ``longtail``), one method, one row.
 
-  python -m hfrjax.data.synthetic ... (or: hfrjax synth) -> DATA/longtail/train_*, holdout/
+  python -c "from hfrjax.data import synthetic; synthetic.generate('DATA', preset='longtail', image_size=32)"
   python -m hfrjax.recipes.ftl.run train \
       --config=configs/ftl/synthetic.py:mode=ftl,variant=10K30K,data=DATA --workdir=W/ftl_10K30K
 
 Arguments (comma-separated key=value): mode (softmax | ml2 | ftl: Table 1's methods),
 variant (10K0K | 10K10K | 10K30K | 10K50K | 60K0K: the training set), data (the directory
-``synthetic.generate(..., preset="longtail")`` wrote), scale (synthetic | tiny). Without
-``data`` the sweep (configs/ftl/table1_synthetic.py) sets the paths. Synthetic scale: 32x32
-crops, 64-d g and f, Q of 32 columns, 1000 steps of Eq. 4 pretraining at 1e-3 then 600 steps
-(stages of 100 for FTL) at 1e-4, batch 64, UR = at most 20 images (the preset's UR classes have
-5, regular ones 30). The paper's numbers: configs/ftl/ms1m.py.
+``synthetic.generate(..., preset="longtail")`` wrote; without it the sweep,
+configs/ftl/table1_synthetic.py, sets the paths), scale (synthetic | quick | tiny).
+Synthetic scale: 32x32 crops, 64-d g and f, Q of 32 columns, 1000 steps of Eq. 4 pretraining at
+1e-3 then 600 steps (stages of 100 for FTL) at 1e-4, batch 64, UR = at most 20 images (the
+preset's UR classes have 5, regular ones 30). Quick: batch 32, 600 + 300 steps, stages of 75.
+The paper's numbers: configs/ftl/ms1m.py.
 """
 
 from hfrjax.recipes.ftl import configs

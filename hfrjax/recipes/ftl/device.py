@@ -20,10 +20,11 @@ class MeshFunction:
     come back as numpy arrays with the padding removed."""
 
     def __init__(self, fn: Callable, params: Any, model_state: Any, mesh):
-        self.params, self.model_state = params, model_state
         self._n_data = mesh.shape[mesh_lib.DATA_AXIS]
         self._batch = mesh_lib.batch_sharding(mesh)
         rep = mesh_lib.replicated(mesh)
+        # Placed once: a host copy would travel to the devices with every batch.
+        self.params, self.model_state = jax.device_put((params, model_state), rep)
         self._run = jax.jit(fn, in_shardings=(rep, rep, self._batch), out_shardings=rep)
 
     def __call__(self, images: np.ndarray):

@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
         only = args.only.split(",") if args.only else None
         plan = sweep.plan_sweep(config, args.out, only=only, data_dir=args.data_dir, seeds=seeds)
+        if not args.dry_run:  # Cells share shapes: the persistent cache compiles them once.
+            jax.config.update("jax_compilation_cache_dir", str(Path(args.out).absolute() / "jax_cache"))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         if args.synth and not args.dry_run and not (Path(plan.data_dir) / "synth.json").exists():
             from hfrjax.data import synthetic
 

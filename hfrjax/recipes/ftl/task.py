@@ -197,11 +197,10 @@ def stage1_loss(network, loss: LossConfig, alpha_reg: float):
         )
         weight = params["fc"]["kernel"].T
         total, metrics = 0.0, {}
-        for name, g, y in (("hard", g_r, hard["label"]), ("ur", g_u, ur["label"]), ("transfer", g_t, ur["label"])):
+        parts = (("hard", g_r, hard["label"]), ("ur", g_u, ur["label"]), ("transfer", g_t, ur["label"]))
+        for name, g, y in parts:
             f = network.apply(variables, g, method="filter_features")
-            part, terms = ftl_loss(
-                f, weight, y, alpha_softmax=loss.alpha_softmax, alpha_reg=alpha_reg
-            )
+            part, _ = ftl_loss(f, weight, y, alpha_softmax=loss.alpha_softmax, alpha_reg=alpha_reg)
             total = total + part
             metrics[f"loss/{name}"] = part
             metrics[f"accuracy/{name}"] = jnp.mean(jnp.argmax(f @ weight.T, -1) == y)
@@ -296,7 +295,9 @@ def _check(cfg: FTLConfig) -> None:
             f"index the records), got {cfg.input.mode!r}"
         )
     if cfg.loss.recon_reduction not in ("sum", "mean"):
-        raise ConfigError(f"loss.recon_reduction must be 'sum' or 'mean', got {cfg.loss.recon_reduction!r}")
+        raise ConfigError(
+            f"loss.recon_reduction must be 'sum' or 'mean', got {cfg.loss.recon_reduction!r}"
+        )
     if cfg.alternation.n_iter < 1:
         raise ConfigError(f"alternation.n_iter must be >= 1, got {cfg.alternation.n_iter}")
     for reserved in ("input_size", "in_channels", "num_classes"):
