@@ -2,6 +2,7 @@
 
   python launch/benchmark_classifier.py --out=DIR [--classes=100000,1000000,2000000,10000000]
       [--dim=512] [--per_device_batch=128] [--sample_rate=0.1] [--devices=8]
+      [--rows_dtype=float32|bfloat16] [--schemes=dense,sharded,pfc] [--timing=true|false]
 
 Runs on --devices fake CPU devices (XLA_FLAGS is set here, before jax is imported). For each C
 the classifier step -- margin-softmax loss, gradients w.r.t. classifier and features, SGD with
@@ -13,9 +14,15 @@ momentum (optax), classifier and momentum donated -- is lowered and compiled, ne
 ``compiled.memory_analysis()`` gives per-device argument/output/alias/temp bytes; next to it an
 analytic breakdown (classifier + momentum, gradient, logits per device). Then dense, sharded
 and pfc steps are run at a size that fits this machine (--time_classes, --time_dim,
---time_batch global) and the median step time after warm-up is reported.
+--time_batch global) and the median step time after warm-up is reported (--notiming skips it).
 
-Writes DIR/benchmark_classifier.json and DIR/benchmark_classifier.md.
+--rows_dtype=bfloat16 stores the classifier rows -- and so the SGD momentum, which optax's
+``trace`` creates in the parameters' dtype, and the rows' gradient -- in bfloat16; the loss
+widens the rows it uses to float32 (Partial FC: only the sampled rows), as the classification
+task's ``head.rows_dtype`` does.
+
+Writes DIR/benchmark_classifier.json and DIR/benchmark_classifier.md (with --rows_dtype other
+than float32: DIR/benchmark_classifier_<dtype>.{json,md}).
 """
 
 from __future__ import annotations
@@ -65,18 +72,24 @@ _T_DIM = flags.DEFINE_integer("time_dim", 128, "D of the timed run")
 _T_BATCH = flags.DEFINE_integer("time_batch", 256, "global batch of the timed run")
 _STEPS = flags.DEFINE_integer("steps", 15, "timed steps (median reported)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+_ROWS_DTYPE = flags.DEFINE_enum(
+    "rows_dtype", "float32", ["float32", "bfloat16"], "storage dtype of classifier and momentum"
+)
+_SCHEMES = flags.DEFINE_list("schemes", ["dense", "sharded", "pfc"], "schemes in the memory table")
+_TIMING = flags.DEFINE_bool("timing", True, "also run the small timed steps")
 
 MARGIN = dict(s=64.0, m1=1.0, m2=0.5, m3=0.0)  # ArcFace
 LR = 0.1
 SCHEMES = ("dense", "sharded", "pfc")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def make_step(scheme: str, mesh, tx, sample_rate: float):
     """jit'd (weight, opt_state, emb, labels, key) -> (weight, opt_state, loss, d loss/d emb)."""
 
     def loss_fn(w, emb, labels, key):
-        if scheme == "dense":
-            return margin_softmax_loss(emb, w, labels, **MARGIN), None
+        if scheme == "dense":  # float32 math on (possibly bfloat16) stored rows
+            return margin_softmax_loss(emb, w.astype(jnp.float32), labels, **MARGIN), None
         if scheme == "sharded":
             return sharded_margin_softmax_loss(
                 emb, w, labels, mesh, batch_over_model=True, **MARGIN
@@ -105,11 +118,19 @@ def shardings(scheme: str, mesh):
     return NamedSharding(mesh, row), NamedSharding(mesh, batch)
 
 
-def build(scheme: str, num_classes: int, dim: int, batch: int, n: int, sample_rate: float):
+def build(
+    scheme: str,
+    num_classes: int,
+    dim: int,
+    batch: int,
+    n: int,
+    sample_rate: float,
+    rows_dtype=jnp.float32,
+):
     mesh = make_mesh(n, 1) if scheme == "dense" else make_mesh(1, n)
     row_s, batch_s = shardings(scheme, mesh)
     tx = optax.sgd(LR, momentum=0.9)
-    w = jax.ShapeDtypeStruct((num_classes, dim), jnp.float32, sharding=row_s)
+    w = jax.ShapeDtypeStruct((num_classes, dim), rows_dtype, sharding=row_s)
     state = jax.eval_shape(tx.init, w)
     state_s = jax.tree.map(lambda _: row_s, state)
     state = jax.tree.map(
@@ -128,29 +149,42 @@ def build(scheme: str, num_classes: int, dim: int, batch: int, n: int, sample_ra
     return fn, (w, state, emb, labels, key), mesh
 
 
-def analytic(scheme: str, num_classes: int, dim: int, batch: int, n: int, rate: float) -> dict:
-    """Bytes per device of the classifier, its momentum, its gradient and the logits."""
+def analytic(
+    scheme: str, num_classes: int, dim: int, batch: int, n: int, rate: float, row_bytes: int = 4
+) -> dict:
+    """Bytes per device of the classifier, its momentum, its gradient (``row_bytes`` per
+    element, the storage dtype) and the float32 logits."""
     rows = num_classes if scheme == "dense" else num_classes // n
     cols = {"dense": num_classes, "sharded": rows}.get(scheme) or num_sampled_rows(
         num_classes, n, rate
     )
     logit_rows = batch // n if scheme == "dense" else batch
     return {
-        "classifier_and_momentum": 2 * rows * dim * 4,
-        "gradient": rows * dim * 4,
+        "classifier_and_momentum": 2 * rows * dim * row_bytes,
+        "gradient": rows * dim * row_bytes,
         "logits": logit_rows * cols * 4,
     }
 
 
-def memory_table(classes: list[int], dim: int, batch: int, n: int, rate: float) -> list[dict]:
+def memory_table(
+    classes: list[int],
+    dim: int,
+    batch: int,
+    n: int,
+    rate: float,
+    rows_dtype=jnp.float32,
+    schemes=SCHEMES,
+) -> list[dict]:
     rows = []
+    row_bytes = jnp.dtype(rows_dtype).itemsize
     for c in classes:
-        for scheme in SCHEMES:
+        for scheme in schemes:
             row = {"scheme": scheme, "C": c, "D": dim, "global_batch": batch}
-            row["analytic"] = analytic(scheme, c, dim, batch, n, rate)
+            row["rows_dtype"] = jnp.dtype(rows_dtype).name
+            row["analytic"] = analytic(scheme, c, dim, batch, n, rate, row_bytes)
             t = time.perf_counter()
             try:
-                fn, args, _ = build(scheme, c, dim, batch, n, rate)
+                fn, args, _ = build(scheme, c, dim, batch, n, rate, rows_dtype)
                 mem = fn.lower(*args).compile().memory_analysis()
                 row["compiled"] = {
                     k: int(getattr(mem, f"{k}_size_in_bytes"))
@@ -166,14 +200,17 @@ def memory_table(classes: list[int], dim: int, batch: int, n: int, rate: float) 
     return rows
 
 
-def time_steps(c: int, dim: int, batch: int, n: int, rate: float, steps: int, warmup: int):
+def time_steps(
+    c: int, dim: int, batch: int, n: int, rate: float, steps: int, warmup: int,
+    rows_dtype=jnp.float32,
+):  # fmt: skip
     rng = np.random.default_rng(0)
     out = {"C": c, "D": dim, "global_batch": batch, "steps": steps}
     emb_host = rng.normal(size=(batch, dim)).astype(np.float32)
-    w_host = rng.normal(size=(c, dim)).astype(np.float32)
+    w_host = np.asarray(jnp.asarray(rng.normal(size=(c, dim)), rows_dtype))
     labels_host = rng.integers(0, c, batch).astype(np.int32)
     for scheme in SCHEMES:
-        fn, _, mesh = build(scheme, c, dim, batch, n, rate)
+        fn, _, mesh = build(scheme, c, dim, batch, n, rate, rows_dtype)
         row_s, batch_s = shardings(scheme, mesh)
         tx = optax.sgd(LR, momentum=0.9)
         w = jax.device_put(w_host, row_s)
@@ -206,30 +243,36 @@ def markdown(result: dict) -> str:
     n, gb = result["devices"], result["device_gb"]
     lines = [
         f"Per-device bytes (MiB), {n} devices, D={result['dim']}, global batch "
-        f"{result['global_batch']}, Partial FC r={result['sample_rate']}; compiled = "
-        "`memory_analysis()` of loss+grad+SGD-momentum (classifier and momentum donated).",
+        f"{result['global_batch']}, Partial FC r={result['sample_rate']}, classifier rows and "
+        f"momentum stored in {result.get('rows_dtype', 'float32')}; compiled = "
+        "`memory_analysis()` of loss+grad+SGD-momentum (classifier and momentum donated); "
+        "peak est. = argument + output - alias + temp.",
         "",
         "| C | scheme | W+mom (analytic) | grad | logits | argument | output | temp | peak est. "
-        f"| fits {gb:g} GB | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| peak GB | fits {gb:g} GB | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["memory"]:
         a = r["analytic"]
         if "compiled" in r:
             m = r["compiled"]
             cells = [_mb(m["argument"]), _mb(m["output"]), _mb(m["temp"]), _mb(r["peak_estimate"])]
+            cells.append(f"{r['peak_estimate'] / 1e9:.2f}")
             fits = "yes" if r["peak_estimate"] < gb * 1e9 else "no"
         else:
-            cells, fits = ["compile failed"] * 4, "?"
+            cells, fits = ["compile failed"] * 5, "?"
         lines.append(
             f"| {r['C']:,} | {r['scheme']} | {_mb(a['classifier_and_momentum'])} | "
             f"{_mb(a['gradient'])} | {_mb(a['logits'])} | "
             + " | ".join(cells)
             + f" | {fits} | {r['compile_s']} |"
         )
-    lines += ["", "Ratios (sharded / dense, per device):", ""]
     by = {(r["C"], r["scheme"]): r for r in result["memory"]}
-    for c in sorted({r["C"] for r in result["memory"]}):
+    sizes = sorted({r["C"] for r in result["memory"]})
+    both = [c for c in sizes if (c, "dense") in by and (c, "sharded") in by]
+    if both:
+        lines += ["", "Ratios (sharded / dense, per device):", ""]
+    for c in both:
         d, s = by[(c, "dense")]["analytic"], by[(c, "sharded")]["analytic"]
         line = (
             f"- C={c:,}: classifier+momentum {s['classifier_and_momentum'] / d['classifier_and_momentum']:.3f}"
@@ -240,7 +283,11 @@ def markdown(result: dict) -> str:
             ratio = by[(c, "sharded")]["peak_estimate"] / by[(c, "dense")]["peak_estimate"]
             line += f"; compiled peak {ratio:.3f}"
         lines.append(line)
-    t = result["timing"]
+    if "command" in result:
+        lines += ["", f"Command: `{result['command']}`"]
+    t = result.get("timing")
+    if t is None:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"Step time (run), C={t['C']:,}, D={t['D']}, global batch {t['global_batch']}, "
@@ -271,21 +318,34 @@ def main(argv):
         "dim": _DIM.value,
         "global_batch": batch,
         "sample_rate": _RATE.value,
+        "rows_dtype": _ROWS_DTYPE.value,
         "device_gb": _HBM.value,
         "margin": MARGIN,
     }
     classes = [int(c) for c in _CLASSES.value]
-    result["memory"] = memory_table(classes, _DIM.value, batch, n, _RATE.value)
-    result["timing"] = time_steps(
-        _T_CLASSES.value, _T_DIM.value, _T_BATCH.value, n, _RATE.value, _STEPS.value, _WARMUP.value
+    unknown = [s for s in _SCHEMES.value if s not in SCHEMES]
+    if unknown or not _SCHEMES.value:
+        raise SystemExit(f"--schemes={_SCHEMES.value}: each must be one of {SCHEMES}")
+    dtype = DTYPES[_ROWS_DTYPE.value]
+    result["command"] = " ".join(["python", *sys.argv])
+    result["memory"] = memory_table(
+        classes, _DIM.value, batch, n, _RATE.value, dtype, tuple(_SCHEMES.value)
     )
+    if _TIMING.value:
+        result["timing"] = time_steps(
+            _T_CLASSES.value, _T_DIM.value, _T_BATCH.value, n, _RATE.value, _STEPS.value,
+            _WARMUP.value, dtype,
+        )  # fmt: skip
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark_classifier.json").write_text(json.dumps(result, indent=1))
+    dtype_name = _ROWS_DTYPE.value
+    stem = "benchmark_classifier" + ("" if dtype_name == "float32" else f"_{dtype_name}")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     table = markdown(result)
-    (out / "benchmark_classifier.md").write_text(table)
+    (out / f"{stem}.md").write_text(table)
     print(table)
-    assert math.isfinite(result["timing"]["sharded_over_dense"])
+    if _TIMING.value:
+        assert math.isfinite(result["timing"]["sharded_over_dense"])
 
 
 if __name__ == "__main__":

@@ -80,6 +80,10 @@ def _local_nll(
     ``local_target`` [b] is the label's column in ``rows`` when it lies in this shard, else -1.
     ``col_valid`` [c] marks real classes; padding rows are left out of the softmax entirely.
     """
+    # Rows stored in bfloat16 (half the memory of the classifier and its momentum) are
+    # widened here, after Partial FC's gather: only the rows in use get a float32 copy, and the
+    # cast's transpose hands their gradient back in the storage dtype.
+    rows = rows if rows.dtype == jnp.float32 else rows.astype(jnp.float32)
     # [b, c]: the only [batch, classes] array on the device.
     cos = cosine_logits(emb, rows, matmul_dtype)
     here = local_target >= 0
@@ -260,6 +264,8 @@ def sharded_margin_softmax_loss(
       embeddings: [B, D] features, sharded over ``data_axis`` (and ``model_axis`` too when
         ``batch_over_model``).
       weight: [C, D] classifier rows, sharded over ``model_axis``; C divisible by its size.
+        float32, or bfloat16 storage: then each device widens its rows (Partial FC: only the
+        sampled ones) to float32 for the loss, and the weight gradient comes back in bfloat16.
       labels: [B] integer class ids in [0, C), sharded like ``embeddings``. Concrete labels are
         range-checked (``ValueError``); under ``jit`` a bad label makes the loss NaN.
       mesh: the device mesh with Auto axes (``hfrjax.train.mesh.make_mesh``; inputs are then
