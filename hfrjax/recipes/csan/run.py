@@ -116,18 +116,21 @@ def train_and_test(config, workdir: str):
     return types.SimpleNamespace(state=result.state, eval_results=merged, setup=result.setup)
 
 
-def generate_synthetic(out: str, *, thermal_ids: tuple[int, int] = (60, 40)) -> dict[str, str]:
+def generate_synthetic(out: str, *, tiny: bool = False, workers: int | None = None) -> dict[str, str]:
     """The synthetic data of the CSAN tables (module constants) under ``out``; skipped where
-    already present. Returns {name: dataset directory}."""
+    already present. ``tiny``: the "tiny" and "thermal_tiny" presets at 32x32 (tests).
+    Returns {name: dataset directory}."""
     from hfrjax.data import synthetic
     from hfrjax.data.synthetic.thermal_vis import thermal_vis_config
 
     root = Path(out)
+    size = 32 if tiny else SYNTH_IMAGE_SIZE
     if not (root / SYNTH_NIRVIS / "synth.json").exists():
-        synthetic.generate(root / SYNTH_NIRVIS, preset="quickstart", image_size=SYNTH_IMAGE_SIZE)
+        preset = "tiny" if tiny else "quickstart"
+        synthetic.generate(root / SYNTH_NIRVIS, preset=preset, image_size=size, workers=workers)
     if not (root / SYNTH_THERMAL / "synth.json").exists():
-        config = thermal_vis_config(thermal_ids[0], thermal_ids[1], 3, 2, 2)
-        synthetic.generate(root / SYNTH_THERMAL, config=config, image_size=SYNTH_IMAGE_SIZE)
+        config = synthetic.preset_config("thermal_tiny") if tiny else thermal_vis_config(60, 40, 3, 2, 2)
+        synthetic.generate(root / SYNTH_THERMAL, config=config, image_size=size, workers=workers)
     return {
         SYNTH_NIRVIS: str(root / SYNTH_NIRVIS / "target"),
         SYNTH_THERMAL: str(root / SYNTH_THERMAL / "thermal_vis"),
