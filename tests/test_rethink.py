@@ -153,7 +153,7 @@ def test_lambda_zero_is_plain_mec(dirs, pretrained, tmp_path):
 def test_rct_anchor_is_the_pretrained_backbone_and_frozen(dirs, pretrained, tmp_path):
     _, pre = pretrained
     result = _finetune(dirs, pretrained, tmp_path, method="mec", reg="rct", rct_weight=0.5)
-    anchor = result.state.params["anchor"]
+    anchor = result.state.extra["anchor"]
     for x, y in zip(jax.tree.leaves(anchor), jax.tree.leaves(pre.state.params["backbone"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     moved = [
