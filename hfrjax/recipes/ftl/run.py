@@ -132,14 +132,17 @@ def evaluate_trained(
 
 
 def train_and_evaluate(config: Any, workdir: str):
-    """`trainer.train` then the hold-out evaluation; returns the trainer's result with
-    ``eval_results`` set (an already evaluated final step is read back, not redone)."""
+    """`trainer.train` then the hold-out evaluation (when a hold-out set is configured);
+    returns the trainer's result with ``eval_results`` set to it (an already evaluated final
+    step is read back, not redone)."""
     from hfrjax.tasks import parse_config
     from hfrjax.train import trainer
 
     config = prepare_config(config)
     _, _, task_cfg = parse_config(config)
     result = trainer.train(config, workdir)
+    if not task_cfg.holdout.data_dir:  # No hold-out set (e.g. full MS1M with LFW packs only).
+        return result
     step = int(jax.device_get(result.state.step))
     done = Path(workdir) / EVAL_FILE
     if done.exists():
