@@ -96,7 +96,6 @@ def init_variables(model: DualPathMobileNetV3, seed: int) -> dict:
     XLA's RngBitGenerator (``impl="rbg"``, deterministic for a seed on a given backend)
     instead of per-parameter threefry graphs.
     """
-    from hfrjax.models.fdr import FDR
     from hfrjax.models.mobilenetv3 import MobileNetV3, input_hw, mobilenetv3_large_blocks
     from hfrjax.train import checkpoint as ckpt_lib
 
@@ -114,29 +113,44 @@ def init_variables(model: DualPathMobileNetV3, seed: int) -> dict:
         dtype=model.dtype,
         param_dtype=model.param_dtype,
     )
-    c4 = mobilenetv3_large_blocks(model.width_mult)[3].out_channels
-    z = jnp.zeros((1, -(-h // 8), -(-w // 8), c4), jnp.float32)
-    fdr: FDR | None = None if model.fdr is None else model.fdr.clone(parent=None)
-
-    def init(key):
-        k_net, k_fdr = jax.random.split(key)
-        out = {"net": single.init({"params": k_net, "dropout": k_net}, x, train=False)}
-        if fdr is not None:
-            out["fdr"] = fdr.init(k_fdr, z)["params"]
-        return out
-
-    # A one-off function: compile it cheaply (its run time is negligible).
-    key = jax.random.key(int(seed), impl="rbg")
-    compiled = jax.jit(init).lower(key).compile(compiler_options=_CHEAP_COMPILE)
-    out = compiled(key)
-    variables = dual_path_variables_from_single(dict(out["net"]), model.private_blocks)
-    if fdr is not None:
-        variables["params"] = {**variables["params"], "fdr": out["fdr"]}
+    key_net, key_fdr = jax.random.split(jax.random.key(int(seed), impl="rbg"))
+    variables = dual_path_variables_from_single(
+        dict(_compiled_init(single, (2, h, w, model.in_channels), train=False)(key_net)),
+        model.private_blocks,
+    )
+    if model.fdr is not None:
+        c4 = mobilenetv3_large_blocks(model.width_mult)[3].out_channels
+        z_shape = (1, -(-h // 8), -(-w // 8), c4)  # The Block4 map (three stride-2 stages).
+        fdr = model.fdr.clone(parent=None)
+        variables["params"] = {
+            **variables["params"],
+            "fdr": _compiled_init(fdr, z_shape)(key_fdr)["params"],
+        }
     want = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     bad = ckpt_lib.shape_problems(dict(want), variables)
     if bad:  # A change of the model's layout that this shortcut does not know.
         raise AssertionError("init_variables disagrees with model.init: " + "; ".join(bad[:5]))
     return variables
+
+
+_INIT_CACHE: dict[tuple[str, tuple[int, ...]], Any] = {}
+
+
+def _compiled_init(module, shape: tuple[int, ...], **call_kwargs):
+    """``key -> module.init`` on zeros of ``shape``, compiled once per (module, shape) and
+    cheaply (a one-off function: its run time is negligible)."""
+    cache_key = (repr(module), tuple(shape), tuple(sorted(call_kwargs.items())))
+    if cache_key not in _INIT_CACHE:
+        x = jnp.zeros(shape, jnp.float32)
+
+        def init(key):
+            return module.init({"params": key, "dropout": key}, x, **call_kwargs)
+
+        key = jax.random.key(0, impl="rbg")
+        _INIT_CACHE[cache_key] = (
+            jax.jit(init).lower(key).compile(compiler_options=_CHEAP_COMPILE)
+        )
+    return _INIT_CACHE[cache_key]
 
 
 def network_kind(params: Mapping[str, Any]) -> str:
