@@ -37,6 +37,7 @@ and purity / link accuracy / NMI / ARI against the identities, which are only mo
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ from hfrjax.data.pipeline import InputConfig, select_records
 from hfrjax.losses import pixel_channel_sparsity, pseudo_triplet_loss
 from hfrjax.models import get_model
 from hfrjax.recipes.csan import hooks as hooks_lib
-from hfrjax.recipes.csan import network
+from hfrjax.recipes.csan import network, pretrain
 from hfrjax.recipes.csan import pseudo_labels as pl
 from hfrjax.recipes.csan.inputs import CsanBatches, SampleStore
 from hfrjax.tasks import register_task
@@ -65,7 +66,9 @@ class CsanModelConfig(Section):
     backbone_widths: tuple[int, ...] = (64, 128, 256)  # VGG16 blocks 1-3.
     backbone_pool: bool = True  # Block 3's max-pool: the /8 map of Table V.
     freeze_backbone: bool = True  # "a fixed network" (§III-C).
-    backbone_weights: str = ""  # A torchvision VGG16 state_dict file (ImageNet in the paper).
+    # A torchvision VGG16 state_dict file (ImageNet in the paper), or an hfrjax export /
+    # workdir holding a VGG (e.g. the synthetic tables' `pretrain` stage).
+    backbone_weights: str = ""
     cache_backbone: bool = True  # Frozen backbone: compute its features once (network.py).
 
 
@@ -320,7 +323,10 @@ class CsanTask:
         dummy = jnp.zeros((2, int(size[0]), int(size[1]), 3), jnp.uint8)
         params = jax.jit(lambda r: model.init(r, dummy.astype(jnp.float32)))(rng_init)["params"]
         if m.backbone_weights:
-            params = network.load_torch_backbone(m.backbone_weights, params)
+            if Path(m.backbone_weights).is_dir():  # An hfrjax export or workdir.
+                params = pretrain.backbone_from_workdir(m.backbone_weights, params)
+            else:  # A torchvision VGG16 state_dict file.
+                params = network.load_torch_backbone(m.backbone_weights, params)
         if m.cache_backbone:
             fn = network.make_backbone_fn(model)
             for s in (store, val_store):
