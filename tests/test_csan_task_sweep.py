@@ -13,11 +13,15 @@ def test_plan_shares_the_lambda_runs_with_table_one(tmp_path):
     config = sweep.load_config("configs/csan/tables_synthetic.py")
     plan = sweep.plan_sweep(config, tmp_path)
     assert len(plan.cells) == 16  # 2 sets x (3 Table I rows + 5 lambdas).
-    assert len(plan.runs) == 12  # lam=0 is t1-*-ptl, lam=1e-3 is t1-*-ptl_pcs.
+    # One shared VGG pretraining + 12 CSAN runs (lam=0 is t1-*-ptl, lam=1e-3 t1-*-ptl_pcs).
+    assert len(plan.runs) == 13
+    pre = {plan.stages[(c, 0)]["pretrain"].workdir for c in plan.cells}
+    assert len(pre) == 1
     for s in ("nirvis", "thermal"):
         t1 = plan.stages[(f"t1-{s}-ptl_pcs", 0)]["train"]
         assert plan.stages[(f"lam-{s}-0.001", 0)]["train"].workdir == t1.workdir
         assert t1.config.loss.sparsity_weight == 1e-3 and t1.config.loss.kind == "ptl"
+        assert t1.config.model.backbone_weights == str(next(iter(pre)))
         ce = plan.stages[(f"t1-{s}-ce", 0)]["train"].config
         assert ce.loss.kind == "ce" and ce.loss.sparsity_weight == 0.0
     assert plan.stages[("t1-thermal-ptl", 0)]["train"].config.input.data_dir.endswith(
