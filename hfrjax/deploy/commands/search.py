@@ -39,7 +39,7 @@ def _side(spec: str, what: str, model, args):
     if p.is_dir() and (p / EMBEDDINGS).exists() and (p / KEYS).exists():
         return EmbeddingSet.load(p)
     if model is None:
-        raise SystemExit(f"--{what} {spec} holds images: give --model to embed them")
+        raise ValueError(f"--{what} {spec} holds images: give --model to embed them")
     images = open_images(spec, modality=args.modality)
     reader = common.reader_for(model, args, images)
     emb, skipped = embed_in_memory(
@@ -66,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
     gallery = _side(args.gallery, "gallery", model, args)
     for name, s in (("probes", probes), ("gallery", gallery)):
         if model is not None and s.dim != model.embedding_dim:
-            raise SystemExit(
+            raise ValueError(
                 f"--{name} embeddings are {s.dim}-d but {model.path} makes "
                 f"{model.embedding_dim}-d embeddings: they come from another model"
             )
     if probes.dim != gallery.dim:
-        raise SystemExit(
+        raise ValueError(
             f"probe embeddings are {probes.dim}-d but gallery embeddings {gallery.dim}-d: "
             "they come from different models"
         )
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         )
     missing = [k for k, i in zip(gallery.keys, gallery.identities) if i is None]
     if missing:
-        raise SystemExit(
+        raise ValueError(
             f"{len(missing)} gallery images have no identity (e.g. {missing[0]!r}): use a "
             "folder root/<identity>/..., a list with an identity column, or a dataset"
         )

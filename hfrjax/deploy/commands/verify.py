@@ -47,7 +47,7 @@ def _threshold(model, args):
     far = args.far[0] if args.far else None
     found = load_threshold(model, far)
     if found is None and far is not None:
-        raise SystemExit(
+        raise ValueError(
             f"{model.path} has no calibrated threshold; run `hfrjax verify --calibrate DATASET "
             f"--model {model.path} --far {far:g}` first, or give --threshold"
         )
@@ -91,14 +91,14 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
             if not row or row[0].lstrip().startswith("#"):
                 continue
             if len(row) < 2:
-                raise SystemExit(f"{path} line {lineno}: expected 'image_a,image_b'")
+                raise ValueError(f"{path} line {lineno}: expected 'image_a,image_b'")
             a, b = (
                 str(p if Path(p).is_absolute() else path.parent / p)
                 for p in (row[0].strip(), row[1].strip())
             )
             pairs.append((a, b))
     if not pairs:
-        raise SystemExit(f"{path} lists no pairs")
+        raise ValueError(f"{path} lists no pairs")
     return pairs
 
 
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     elif len(args.images) == 2:
         pairs = [tuple(args.images)]
     else:
-        raise SystemExit("give two images A B, --pairs FILE or --calibrate DATASET")
+        raise ValueError("give two images A B, --pairs FILE or --calibrate DATASET")
     files = list(dict.fromkeys(p for pair in pairs for p in pair))
     images = single_images(files)
     reader = common.reader_for(model, args, images)
