@@ -214,7 +214,8 @@ def test_memory_bank_cross_entropy_against_float64_numpy():
         jnp.asarray(bank, jnp.float32), jnp.asarray(allowed), 0.1,
     )
     logits = np.where(allowed, f @ bank.T / 0.1, -np.inf)
-    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    top = logits.max(1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
     ref = -np.mean([logp[i, rows[i]] for i in range(6) if labelled[i]])
     np.testing.assert_allclose(float(ce), ref, rtol=1e-5)
     want = bank.copy()
@@ -259,7 +260,8 @@ def test_tiny_run_mechanics(reference_run):
         assert d["rgb_kept"] <= d["rgb_clusters"] and d["rgb_linked"] <= d["rgb_kept"]
         assert 0.0 <= d["rgb_purity"] <= 1.0 and "link_accuracy" in d
     assert (work / hooks_lib.DIAGNOSTICS_PLOT).stat().st_size > 1000
-    stages_log = [json.loads(x) for x in (work / hooks_lib.CLUSTERING_FILE).read_text().splitlines()]
+    lines = (work / hooks_lib.CLUSTERING_FILE).read_text().splitlines()
+    stages_log = [json.loads(x) for x in lines]
     assert [r["stage"] for r in stages_log] == list(range(1, stages + 1))
     counts = [r["rgb_clusters"] for r in stages_log]
     assert counts == sorted(counts, reverse=True)
@@ -269,7 +271,8 @@ def test_tiny_run_mechanics(reference_run):
     init = jax.jit(lambda r: fresh.init(r, jnp.zeros((2, 16, 16, 3))))(
         jax.random.split(jax.random.key(0))[0]
     )["params"]
-    for a, b in zip(jax.tree.leaves(init["backbone"]), jax.tree.leaves(result.state.params["backbone"])):
+    trained = result.state.params["backbone"]
+    for a, b in zip(jax.tree.leaves(init["backbone"]), jax.tree.leaves(trained)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -298,7 +301,9 @@ class _CrashingCsan(CsanTask):
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_gives_the_same_pseudo_labels_and_losses(reference_run, thermal_dir, tmp_path):
+def test_resume_mid_epoch_gives_the_same_pseudo_labels_and_losses(
+    reference_run, thermal_dir, tmp_path
+):
     ref, ref_work = reference_run
     spe = ref.setup.steps_per_epoch
     cluster_steps = ref.setup.meta["cluster_steps"]
@@ -315,7 +320,9 @@ def test_resume_mid_epoch_gives_the_same_pseudo_labels_and_losses(reference_run,
     got = reporting.read_metrics(tmp_path)
     want = reporting.read_metrics(ref_work)
     assert [m["loss"] for m in got] == [m["loss"] for m in want]
-    for a, b in zip(jax.tree.leaves(jax.device_get(r.state.extra)), jax.tree.leaves(jax.device_get(ref.state.extra))):
+    got_extra, ref_extra = jax.device_get(r.state.extra), jax.device_get(ref.state.extra)
+    assert got_extra.keys() == ref_extra.keys()
+    for a, b in zip(jax.tree.leaves(got_extra), jax.tree.leaves(ref_extra)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(r.state.params), jax.tree.leaves(ref.state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -340,7 +347,8 @@ def test_early_stopping_restores_the_best_parameters(thermal_dir, tmp_path, monk
     np.testing.assert_array_equal(extra["val"][:3], np.float32([0.5, 0.7, 0.6]))
     assert int(extra["best_epoch"]) == 1 and int(extra["stopped"]) == 1
     for g in network.SUBSPACE_GROUPS:
-        for a, b in zip(jax.tree.leaves(r.state.params[g]), jax.tree.leaves(extra["best_params"][g])):
+        best = extra["best_params"][g]
+        for a, b in zip(jax.tree.leaves(r.state.params[g]), jax.tree.leaves(best)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     metrics = reporting.read_metrics(tmp_path)
     spe = r.setup.steps_per_epoch

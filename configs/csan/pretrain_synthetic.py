@@ -3,7 +3,8 @@
 set (identities and spectrum disjoint from the RGB-IR sets CSAN then trains on without labels).
 
   python launch/train.py --config=configs/csan/pretrain_synthetic.py \
-      --workdir=/tmp/hfrjax_csan/pretrain --config.input.data_dir=/tmp/hfrjax_csan/data/nirvis/source
+      --workdir=/tmp/hfrjax_csan/pretrain \
+      --config.input.data_dir=/tmp/hfrjax_csan/data/nirvis/source
 
 CSAN then takes its VGG frozen: ``--set model.backbone_weights=/tmp/hfrjax_csan/pretrain``.
 Argument: epochs (default 4).

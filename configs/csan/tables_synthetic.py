@@ -47,13 +47,17 @@ def _stages(scale: str, data_set: str, loss: str, lam: float) -> list[dict]:
 def get_config(arg=None):
     scale = "tiny" if arg == "scale=tiny" else "synthetic"
     if arg not in (None, "", "scale=tiny"):
-        raise ValueError(f"configs/csan/tables_synthetic.py takes no argument or scale=tiny, got {arg!r}")
+        raise ValueError(
+            f"configs/csan/tables_synthetic.py takes no argument or scale=tiny, got {arg!r}"
+        )
     cells = []
     for data_set in SETS:
         for name, (loss, lam) in TABLE_I.items():
-            cells.append({"name": f"t1-{data_set}-{name}", "stages": _stages(scale, data_set, loss, lam)})
+            stages = _stages(scale, data_set, loss, lam)
+            cells.append({"name": f"t1-{data_set}-{name}", "stages": stages})
         for lam in LAMBDAS:
-            cells.append({"name": f"lam-{data_set}-{lam:g}", "stages": _stages(scale, data_set, "ptl", lam)})
+            stages = _stages(scale, data_set, "ptl", lam)
+            cells.append({"name": f"lam-{data_set}-{lam:g}", "stages": stages})
     c = ml_collections.ConfigDict()
     c.name = "CSAN Table I ablation and λ study, synthetic NIR-VIS and thermal-visible"
     c.seeds = [0]

@@ -117,11 +117,14 @@ def train_and_test(config, workdir: str):
         from hfrjax.eval import report
 
         for d, r in per_direction.items():
-            print(f"test {d}:\n{report.paper_table({Path(workdir).name: r}, note=False)}", flush=True)
+            table = report.paper_table({Path(workdir).name: r}, note=False)
+            print(f"test {d}:\n{table}", flush=True)
     return types.SimpleNamespace(state=result.state, eval_results=merged, setup=result.setup)
 
 
-def generate_synthetic(out: str, *, tiny: bool = False, workers: int | None = None) -> dict[str, str]:
+def generate_synthetic(
+    out: str, *, tiny: bool = False, workers: int | None = None
+) -> dict[str, str]:
     """The synthetic data of the CSAN tables (module constants) under ``out``; skipped where
     already present. ``tiny``: the "tiny" and "thermal_tiny" presets at 32x32 (tests).
     Returns {name: dataset directory}."""
@@ -139,7 +142,9 @@ def generate_synthetic(out: str, *, tiny: bool = False, workers: int | None = No
         )
         synthetic.generate(root / SYNTH_NIRVIS, config=config, image_size=size, workers=workers)
     if not (root / SYNTH_THERMAL / "synth.json").exists():
-        config = synthetic.preset_config("thermal_tiny") if tiny else thermal_vis_config(60, 40, 3, 2, 2)
+        config = (
+            synthetic.preset_config("thermal_tiny") if tiny else thermal_vis_config(60, 40, 3, 2, 2)
+        )
         synthetic.generate(root / SYNTH_THERMAL, config=config, image_size=size, workers=workers)
     return {
         SYNTH_NIRVIS: str(root / SYNTH_NIRVIS / "target"),

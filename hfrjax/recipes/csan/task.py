@@ -166,7 +166,9 @@ def training_records(cfg: CsanInputConfig):
     if not cfg.data_dir:
         raise ConfigError("input.data_dir is empty: CSAN needs an RGB-IR dataset directory")
     if cfg.rgb_modality != "vis":
-        raise ConfigError(f"input.rgb_modality must be 'vis' (modality code 0), got {cfg.rgb_modality!r}")
+        raise ConfigError(
+            f"input.rgb_modality must be 'vis' (modality code 0), got {cfg.rgb_modality!r}"
+        )
     dataset = Dataset.open(cfg.data_dir)
     records, _ = select_records(dataset, InputConfig(cfg.data_dir, keys=cfg.keys, fold=cfg.fold))
     ir = cfg.ir_modality
@@ -218,7 +220,9 @@ def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
     lam = float(loss_cfg.sparsity_weight)
 
     def common(params, extra, batch, rng):
-        emb, out = network.forward(model, params, batch["x"], batch["modality"], cached=cached, rng=rng)
+        emb, out = network.forward(
+            model, params, batch["x"], batch["modality"], cached=cached, rng=rng
+        )
         cluster = jnp.take(extra["cluster"], batch["index"])
         live = 1.0 - extra["stopped"].astype(jnp.float32)  # Early-stopped: zero update.
         return emb, out, cluster, live
@@ -255,7 +259,8 @@ def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
         else:
             link, ir_to_rgb = extra["link"], extra["ir_to_rgb"]
             rgb_c, ir_c = cluster[:half], cluster[half:]
-            rgb_label = jnp.where((rgb_c >= 0) & (jnp.take(link, jnp.maximum(rgb_c, 0)) >= 0), rgb_c, -1)
+            rgb_linked = (rgb_c >= 0) & (jnp.take(link, jnp.maximum(rgb_c, 0)) >= 0)
+            rgb_label = jnp.where(rgb_linked, rgb_c, -1)
             ir_label = jnp.where(ir_c >= 0, jnp.take(ir_to_rgb, jnp.maximum(ir_c, 0)), -1)
             label = jnp.concatenate([rgb_label, ir_label])
             n = extra["bank"].shape[0]
@@ -295,7 +300,9 @@ class CsanTask:
         if cfg.loss.kind not in LOSS_KINDS:
             raise ConfigError(f"loss.kind must be one of {LOSS_KINDS}, got {cfg.loss.kind!r}")
         if cfg.clustering.dtype not in ("float32", "float64"):
-            raise ConfigError(f"clustering.dtype must be float32 or float64, got {cfg.clustering.dtype!r}")
+            raise ConfigError(
+                f"clustering.dtype must be float32 or float64, got {cfg.clustering.dtype!r}"
+            )
         if cfg.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
         m = cfg.model
@@ -336,9 +343,10 @@ class CsanTask:
 
         half = inp.batch_size // 2
         spe = -(-max(store.num_rgb, store.num_ir) // half)
-        targets = (
-            pl.target_count(store.num_rgb, cfg.clustering.target_clusters, cfg.clustering.target_fraction),
-            pl.target_count(store.num_ir, cfg.clustering.target_clusters, cfg.clustering.target_fraction),
+        c = cfg.clustering
+        targets = tuple(
+            pl.target_count(n, c.target_clusters, c.target_fraction)
+            for n in (store.num_rgb, store.num_ir)
         )
         counts = pl.merge_counts(
             (store.num_rgb, store.num_ir), targets, cfg.clustering.merge_fraction
