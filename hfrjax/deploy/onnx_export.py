@@ -114,6 +114,60 @@ def _accept_positional_pool_arguments() -> None:
     _POOL_PATCHED = True
 
 
+_PRELU_REGISTERED = False
+
+
+def _register_prelu_plugin() -> None:
+    """Lowers hfrjax's per-channel `hfrjax.models.layers.PReLU` to ONNX ``PRelu`` through
+    jax2onnx's plugin API (its flax ``PReLU`` plugin only knows flax's scalar-slope module).
+
+    Without it the PReLU arrives as GreaterOrEqual / Mul / Where between layout transposes;
+    with it onnxruntime optimises the graph to the same kernels as a torch-exported IResNet.
+    Best effort: if the plugin API differs, the generic (equivalent, slower) lowering stays.
+    """
+    global _PRELU_REGISTERED
+    if _PRELU_REGISTERED:
+        return
+    _PRELU_REGISTERED = True
+    try:
+        import jax.numpy as jnp
+        from jax.extend.core import Primitive
+        from jax2onnx.plugins._patching import MonkeyPatchSpec
+        from jax2onnx.plugins.flax.nnx import prelu as nnx_prelu
+        from jax2onnx.plugins.plugin_system import register_primitive
+
+        from hfrjax.models import layers
+    except ImportError:  # pragma: no cover - depends on the jax2onnx release
+        return
+
+    prim = Primitive("hfrjax.prelu")
+    prim.def_impl(lambda x, alpha: jnp.where(x >= 0, x, alpha * x))
+
+    @register_primitive(
+        jaxpr_primitive=prim.name,
+        onnx=[{"component": "PRelu", "doc": "https://onnx.ai/onnx/operators/onnx__PRelu.html"}],
+        since="hfrjax",
+        context="primitives.hfrjax",
+        component="prelu",
+    )
+    class HfrjaxPReluPlugin(nnx_prelu.PReluPlugin):
+        _PRIM = prim
+        _ABSTRACT_EVAL_BOUND = False
+
+        @classmethod
+        def binding_specs(cls):
+            def patch(original):
+                def call(module, x):
+                    alpha = module.get_variable("params", "alpha")
+                    if alpha is None:
+                        return original(module, x)
+                    return cls._PRIM.bind(x, jnp.asarray(alpha, x.dtype))
+
+                return call
+
+            return [MonkeyPatchSpec(layers.PReLU, "__call__", patch)]
+
+
 def _rename_sniffed_nodes(graph) -> None:
     for i, node in enumerate(graph.node):
         if not node.name or node.name.startswith(_INSIGHTFACE_SNIFFED_PREFIXES):
@@ -131,6 +185,7 @@ def convert(
         from jax2onnx import to_onnx
 
         _accept_positional_pool_arguments()
+        _register_prelu_plugin()
         conv = source.convention()
         info = {**source.artifact_info("onnx"), **(info_extra or {})}
         info["input"]["name"], info["output"]["name"] = INPUT_NAME, OUTPUT_NAME
