@@ -25,7 +25,7 @@ from hfrjax.models.vgg import VGG16_WIDTHS, VGG16Conv3
 
 
 class VGGConv3Embedder(nn.Module):
-    """Truncated VGG16 -> global average pool -> linear ``embedding_dim`` embedding."""
+    """Truncated VGG16 -> global average pool -> linear ``embedding_dim`` embedding -> BN."""
 
     widths: Sequence[int] = VGG16_WIDTHS
     final_pool: bool = True
@@ -45,7 +45,10 @@ class VGGConv3Embedder(nn.Module):
             name="backbone",
         )(x, train)
         pooled = jnp.mean(f.astype(jnp.float32), axis=(1, 2))
-        return nn.Dense(self.embedding_dim, name="embedding")(pooled)
+        emb = nn.Dense(self.embedding_dim, name="embedding")(pooled)
+        # BN on the embedding (a face-recognition "BN neck"): VGG has no normalisation of its
+        # own, and margin softmax from scratch needs one to start learning.
+        return nn.BatchNorm(use_running_average=not train, name="embedding_bn")(emb)
 
 
 @register_model("vgg16_conv3_gap")
