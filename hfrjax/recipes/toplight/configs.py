@@ -68,21 +68,36 @@ SYNTHETIC = {
 SCALES = {"paper": PAPER, "synthetic": SYNTHETIC}
 
 # Table 3: (G, C+T, L_id, L_idc, L_fd, H_s, V_s, SA); None in G: no TOP stage (row 1).
-TABLE3 = {
-    1: dict(top=None, fdr=None),
-    2: dict(top=dict(generic=True, colour_texture=False, identity="id", fake_domain=False), fdr=None),
-    3: dict(top=dict(generic=True, colour_texture=True, identity="id", fake_domain=False), fdr=None),
-    4: dict(top=dict(generic=True, colour_texture=True, identity="idc", fake_domain=False), fdr=None),
-    5: dict(top=dict(generic=True, colour_texture=True, identity="idc", fake_domain=True), fdr=None),
-    6: dict(top=dict(generic=True, colour_texture=True, identity="idc", fake_domain=True),
-            fdr=dict(horizontal=False, vertical=False, attention=True)),
-    7: dict(top=dict(generic=True, colour_texture=True, identity="idc", fake_domain=True),
-            fdr=dict(horizontal=True, vertical=False, attention=True)),
-    8: dict(top=dict(generic=True, colour_texture=True, identity="idc", fake_domain=True),
-            fdr=dict(horizontal=False, vertical=True, attention=True)),
-    9: dict(top=dict(generic=True, colour_texture=True, identity="idc", fake_domain=True),
-            fdr=dict(horizontal=True, vertical=True, attention=True)),
+_TOP_ROWS = {  # (G, C+T, identity loss, L_fd)
+    2: (True, False, "id", False),
+    3: (True, True, "id", False),
+    4: (True, True, "idc", False),
+    5: (True, True, "idc", True),
 }
+_FDR_ROWS = {  # (H_s, V_s, SA) after row 5's TOP
+    6: (False, False, True),
+    7: (True, False, True),
+    8: (False, True, True),
+    9: (True, True, True),
+}
+
+
+FDR_PARTS = ("horizontal", "vertical", "attention")
+
+
+def _table3() -> dict[int, dict]:
+    rows = {1: dict(top=None, fdr=None)}
+    for row in range(2, 10):
+        g, ct, identity, fd = _TOP_ROWS[min(row, 5)]
+        parts = _FDR_ROWS.get(row)
+        rows[row] = dict(
+            top=dict(generic=g, colour_texture=ct, identity=identity, fake_domain=fd),
+            fdr=None if parts is None else dict(zip(FDR_PARTS, parts)),
+        )
+    return rows
+
+
+TABLE3 = _table3()
 FDR_VARIANTS = {
     "none": None,
     "sa": dict(horizontal=False, vertical=False, attention=True),

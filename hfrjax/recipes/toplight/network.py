@@ -41,8 +41,8 @@ from hfrjax.models.registry import register_model
 
 VIS_CODE = tfrecord.MODALITIES.index("vis")
 ROUTED_MODEL = "toplight_dual_routed"
-FRESH_SUBTREES = ("head", "fdr")
-_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}  # Always the new stage's own initialisation.
+FRESH_SUBTREES = ("head", "fdr")  # Always the new stage's own initialisation.
+_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 # Network layouts `network_kind` recognises from the top-level parameter names.
 SINGLE, TOP, SOUPED = "single-path", "dual-path (Block1-4 per path)", "souped (two stems)"

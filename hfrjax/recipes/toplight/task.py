@@ -256,7 +256,8 @@ def _rows(rng, num_classes: int, dim: int, bias: bool) -> dict:
 
 
 def _main_optimizer(cfg, schedule, groups) -> dict[str, Optimizer]:
-    return {"main": Optimizer(tuple(groups), optim.make_optimizer(cfg.optimizer, schedule), schedule)}
+    tx = optim.make_optimizer(cfg.optimizer, schedule)
+    return {"main": Optimizer(tuple(groups), tx, schedule)}
 
 
 def _export(model_cfg, cfg) -> ExportSpec:
@@ -363,7 +364,10 @@ class TopTask:
             params["classifier"] = {"shared": _rows(rng_cls, c, dim, bias=True)}
         else:
             k1, k2 = jax.random.split(rng_cls)
-            params["classifier"] = {"path1": _rows(k1, c, dim, True), "path2": _rows(k2, c, dim, True)}
+            params["classifier"] = {
+                "path1": _rows(k1, c, dim, bias=True),
+                "path2": _rows(k2, c, dim, bias=True),
+            }
         if cfg.loss.fake_domain:
             from hfrjax.models.mobilenetv3 import mobilenetv3_large_blocks
 
