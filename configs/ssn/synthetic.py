@@ -23,8 +23,10 @@ Arguments (comma-separated key=value):
   seed            default 0
 The synthetic scale (`hfrjax.recipes.ssn.configs.SYNTHETIC`): 32x32 grey, LightCNN-29v2 with
 one res-block per stage and widths 16-48, 128-d, batch 64; AFS search 4 epochs of S_train,
-then 12 epochs; network SGD lr 1e-2, masks Adam lr 1e-2 (the paper's 1e-4 / 1e-3 barely move
-in the few hundred steps a CPU allows); λ_ib = 0.001, β = 1 as the paper.
+then 12 epochs; network AdamW lr 1e-3 (SGD leaves this BN-free network's initial plateau only
+after hundreds of steps, see the module `hfrjax.recipes.ssn.configs`), masks Adam lr 1e-2;
+λ_ib = 0.001, β = 1 as the paper. Pretraining: 15 epochs of the source set, AdamW lr 1e-3,
+x0.1 at epoch 12.
 """
 
 from hfrjax.recipes.ssn import configs as ssn

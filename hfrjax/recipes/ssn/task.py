@@ -13,7 +13,9 @@ The network is LightCNN-29v2 with a modality-aware Pixel Selection Block after e
 Loss (Eq. 14): L = L_id + λ_ib L_ib, with L_id the softmax cross-entropy over the training
 identities (Eq. 1; ``id_loss.kind = "margin"`` swaps in a margin softmax) and L_ib on Ŷ_1, Ŷ_4
 (β = 1, λ_ib = 0.001) estimated by two Jensen-Shannon critics trained in the same step
-(`hfrjax.recipes.ssn.bottleneck`).
+(`hfrjax.recipes.ssn.bottleneck`). The logged ``loss`` is what is differentiated:
+L_id + λ_ib L_ib + ``ib.critic_weight`` x the critics' loss (which reaches the critics only);
+``loss/id``, ``loss/ib``, ``loss/critic`` and the two estimates ``ib/mi_*`` are logged apart.
 
 Parameter groups: ``network`` (LightCNN's parameters, LightCNN's names), ``masks`` (the
 indicators, as ``{"masks": {...}}`` so that network + masks is the model's parameter tree),
