@@ -1,4 +1,4 @@
-"""The ``hfrjax`` command: data tools. Training lives in ``launch/`` (absl + ml_collections).
+"""The ``hfrjax`` command: data and deployment tools. Training lives in ``launch/``.
 
 hfrjax synth --out DIR [--preset quickstart|small|large] [--seed 0] [--workers N]
 hfrjax info DIR          # what a dataset directory holds

@@ -89,6 +89,9 @@ def _time(model, batch: int, seconds: float, min_calls: int) -> dict:
 
 def main(argv):
     del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     import jax
 
     from hfrjax.deploy.backends import load_model

@@ -22,7 +22,7 @@ _OUT = flags.DEFINE_string("out", None, "hfrjax export directory (written from -
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
 _FORMAT = flags.DEFINE_enum("format", "flax", ["flax", "onnx", "jax"], "extra artifact")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "ONNX / .jaxexport path (default: next to --out)")
-_OPSET = flags.DEFINE_integer("opset", None, "ONNX opset (default 13)")
+_OPSET = flags.DEFINE_integer("opset", None, "ONNX opset (default: lowest that validates)")
 flags.mark_flags_as_required(["out"])
 
 _SUFFIX = {"onnx": ".onnx", "jax": ".jaxexport"}

@@ -46,9 +46,9 @@ def export_artifact(
 
     src = FlaxSource.from_export(source)
     if fmt == "onnx":
-        from hfrjax.deploy.onnx_export import DEFAULT_OPSET, export_onnx
+        from hfrjax.deploy.onnx_export import export_onnx
 
-        path = export_onnx(src, out, opset=opset or DEFAULT_OPSET)
+        path = export_onnx(src, out, opset=opset)
     elif fmt == "jax":
         from hfrjax.deploy.jax_export import DEFAULT_PLATFORMS, export_jax
 
@@ -57,13 +57,18 @@ def export_artifact(
         raise ValueError(f"format must be 'onnx' or 'jax', got {fmt!r}")
     conv = src.convention()
     lines = [f"input: {conv.describe()}", f"output: [N, {src.embedding_dim()}] un-normalised"]
+    if fmt == "onnx":
+        import onnx
+
+        opsets = {o.domain or "ai.onnx": o.version for o in onnx.load(str(path)).opset_import}
+        lines.append(f"opset: {opsets.get('ai.onnx')}")
     report: dict[str, Any] = {"path": Path(path), "lines": lines}
     if check or calibration.calibration_path(source).exists():
         ref, new = FlaxModel(source), load_model(path)
         if check:
             diff, scale = parity(ref, new)
+            report["parity_max_abs"], report["parity_scale"] = diff, scale
             scale = max(1.0, scale)
-            report["parity_max_abs"] = diff
             lines.append(f"parity: max |{fmt} - flax| = {diff:.2e} (batch 1 and 7)")
             if not diff <= tolerance * scale:
                 raise RuntimeError(

@@ -71,6 +71,11 @@ class FlaxSource:
         m = self.backbone()
         x = jax.ShapeDtypeStruct((1, m.input_size, m.input_size, m.in_channels), jnp.float32)
         out = jax.eval_shape(lambda v, x: m.apply(v, x, train=False), self.variables, x)
+        if len(out.shape) != 2:
+            raise ValueError(
+                f"backbone {self.name!r} returns shape {tuple(out.shape)} for one image, not an "
+                "[N, D] embedding: only embedding backbones can be deployed"
+            )
         return int(out.shape[-1])
 
     def nchw_function(self, portable: bool = True) -> Callable[[jax.Array], jax.Array]:

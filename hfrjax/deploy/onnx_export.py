@@ -31,9 +31,13 @@ from typing import Any
 from hfrjax.deploy.conventions import METADATA_KEY
 from hfrjax.deploy.flax_source import FlaxSource
 
-DEFAULT_OPSET = 13
-"""Opset 13 (onnxruntime >= 1.7, 2021) keeps the files loadable by the runtimes InsightFace's
-tools were written for; arcface_torch itself exports opset 11."""
+OPSETS = (13, 17, 18, 21)
+"""Opsets tried in order when none is given: the lowest one the converted graph validates
+against wins. 13 (onnxruntime >= 1.7, 2021) keeps IResNet / MobileFaceNet / LightCNN files
+loadable by the runtimes InsightFace's tools were written for (arcface_torch itself exports
+opset 11); jax2onnx emits some operators only in their newer forms (HardSwish needs 14,
+ReduceMean with an axes input 18), so other backbones land on a later opset."""
+DEFAULT_OPSET = OPSETS[0]
 
 INPUT_NAME = "input.1"  # As in the model zoo's IResNet files (torch's default input name).
 OUTPUT_NAME = "embedding"
@@ -175,9 +179,22 @@ def _rename_sniffed_nodes(graph) -> None:
 
 
 def convert(
-    source: FlaxSource, *, opset: int = DEFAULT_OPSET, info_extra: dict | None = None
+    source: FlaxSource, *, opset: int | None = None, info_extra: dict | None = None
 ) -> Any:
-    """The ``onnx.ModelProto`` of ``source`` (see the module docstring for the contract)."""
+    """The ``onnx.ModelProto`` of ``source`` (see the module docstring for the contract), at
+    ``opset`` or, when None, at the first of `OPSETS` the graph validates against."""
+    if opset is not None:
+        return _convert_at(source, opset, info_extra)
+    errors = []
+    for candidate in OPSETS:
+        try:
+            return _convert_at(source, candidate, info_extra)
+        except OnnxExportError as e:
+            errors.append(f"opset {candidate}: {e}")
+    raise OnnxExportError("no opset worked:\n  " + "\n  ".join(errors))
+
+
+def _convert_at(source: FlaxSource, opset: int, info_extra: dict | None) -> Any:
     _require_converter()
     import onnx
 
@@ -240,7 +257,7 @@ def export_onnx(
     source: FlaxSource | str | os.PathLike,
     path: str | os.PathLike,
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     info_extra: dict | None = None,
 ) -> Path:
     """Writes ``source`` (a `FlaxSource` or an hfrjax export directory) as an ONNX file."""

@@ -1,6 +1,6 @@
 """Export an hfrjax model to ONNX (InsightFace conventions) or a serialized JAX artifact.
 
-hfrjax export EXPORT_DIR --format onnx --out model.onnx [--opset 13]
+hfrjax export EXPORT_DIR --format onnx --out model.onnx [--opset N]
 hfrjax export EXPORT_DIR --format jax --out model.jaxexport
 """
 
@@ -16,7 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="hfrjax export directory (model.json + weights)")
     p.add_argument("--format", required=True, choices=["onnx", "jax"])
     p.add_argument("--out", required=True, help="output file (.onnx / .jaxexport)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 13)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset (default: the lowest of 13, 17, 18, 21 that the graph validates against)",
+    )
     p.add_argument(
         "--platforms",
         default="cpu,cuda,tpu",
