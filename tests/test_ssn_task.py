@@ -264,6 +264,51 @@ def test_export_holds_network_and_masks_in_the_models_layout(afs_run):
 
 
 # ------------------------------------------------------------------------------------------
+# The IB critics.
+
+
+def test_modality_critic_equals_the_plain_critic_on_each_modalitys_subbatch():
+    """Per-modality BN statistics: each modality's scores are those of SSN Fig. 4's critic
+    (`JensenShannonCritic`, same parameters) run on that modality's images alone."""
+    from hfrjax.losses.mutual_information import JensenShannonCritic
+    from hfrjax.recipes.ssn.bottleneck import ModalityCritic
+
+    kw = dict(p_features=(6,), q_features=(5,), head_features=(4,))
+    r = np.random.default_rng(0)
+    p = jnp.asarray(r.normal(size=(8, 3, 3, 2)), jnp.float32)
+    q = jnp.asarray(r.normal(size=(8, 7)) * 3 + 1, jnp.float32)
+    is_nir = jnp.asarray([0, 1, 1, 0, 1, 0, 0, 1], bool)
+    nir, vis = np.flatnonzero(is_nir), np.flatnonzero(~is_nir)
+    perm = np.arange(8)
+    for rows in (nir, vis):  # A cyclic shift within each modality.
+        perm[rows] = np.roll(rows, 1)
+    critic = ModalityCritic(**kw)
+    variables = critic.init(jax.random.key(0), p, q, jnp.asarray(perm), is_nir, train=False)
+    (joint, marginal), _ = critic.apply(variables, p, q, jnp.asarray(perm), is_nir, train=True, mutable=["batch_stats"])
+    plain = JensenShannonCritic(**kw)
+    for rows in (nir, vis):
+        sub_perm = jnp.asarray(np.roll(np.arange(len(rows)), 1))
+        (j, m), _ = plain.apply(variables, p[rows], q[rows], sub_perm, train=True, mutable=["batch_stats"])
+        np.testing.assert_allclose(np.asarray(joint)[rows], j, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(marginal)[rows], m, rtol=1e-5, atol=1e-6)
+    # A batch of one modality: the absent one's (unused) statistics stay finite.
+    (j1, m1), _ = critic.apply(variables, p, q, jnp.asarray(np.roll(np.arange(8), 1)),
+                               jnp.zeros(8, bool), train=True, mutable=["batch_stats"])
+    assert np.isfinite(np.asarray(j1)).all() and np.isfinite(np.asarray(m1)).all()
+
+
+def test_pool_features_is_the_block_mean():
+    from hfrjax.recipes.ssn.bottleneck import pool_features
+
+    x = np.random.default_rng(1).normal(size=(2, 8, 12, 3))
+    want = x.reshape(2, 4, 2, 4, 3, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(pool_features(jnp.asarray(x, jnp.float32), 4), want, rtol=1e-5)
+    assert pool_features(jnp.asarray(x), 0).shape == x.shape
+    assert pool_features(jnp.asarray(x[:, :2, :2]), 4).shape == (2, 2, 2, 3)  # Already small.
+    assert pool_features(jnp.zeros((2, 10, 10, 1)), 4).shape == (2, 4, 4, 1)  # Resized.
+
+
+# ------------------------------------------------------------------------------------------
 # Mask pictures.
 
 
