@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +23,13 @@ from hfrjax.deploy import conventions  # noqa: E402
 from hfrjax.deploy.backends import load_model  # noqa: E402
 from hfrjax.deploy.flax_source import FlaxSource  # noqa: E402
 from hfrjax.deploy.jax_export import export_jax, sidecar_path  # noqa: E402
-from hfrjax.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx  # noqa: E402
-from hfrjax.models import dummy_input, get_model  # noqa: E402
+from hfrjax.deploy.onnx_export import (  # noqa: E402
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxExportError,
+    export_onnx,
+)
+from hfrjax.models import dummy_input, get_model, register_model  # noqa: E402
 from hfrjax.train.export import export_embedder  # noqa: E402
 
 # Small widths, published input sizes (so the face renders are real 112 / 128 crops).
@@ -267,3 +273,38 @@ def test_flax_source_portable_backbone_uses_plain_grouped_conv(exported):
     src = FlaxSource.from_export(exported["mobilefacenet"]["dir"])
     assert src.backbone(portable=True).grouped_impl == "conv"
     assert src.convention() == conventions.InputConvention(3, 48, "insightface")
+
+
+class _HardSwishNet(nn.Module):
+    """A backbone using an operator jax2onnx emits only at opset >= 14 (HardSwish)."""
+
+    input_size: int = 16
+    in_channels: int = 3
+    feature_map: bool = False
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.hard_swish(nn.Conv(4, (3, 3))(x))
+        return x if self.feature_map else nn.Dense(8)(x.reshape(x.shape[0], -1))
+
+
+register_model("test_deploy_hardswish")(_HardSwishNet)
+
+
+def test_opset_rises_to_what_the_graph_needs_and_feature_maps_are_refused(tmp_path):
+    model = _HardSwishNet()
+    v = randomized_variables(model, 0)
+    export_embedder(tmp_path / "hs", model_cfg={"name": "test_deploy_hardswish", "kwargs": {}},
+                    params=v["params"], batch_stats={})  # fmt: skip
+    path = export_onnx(tmp_path / "hs", tmp_path / "hs.onnx")
+    opset = {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""]
+    assert opset > 13
+    images = face_crops(2, 16, 3)
+    want = load_model(tmp_path / "hs").embed_raw(images)
+    np.testing.assert_allclose(load_model(path).embed_raw(images), want, atol=1e-5)
+    with pytest.raises(OnnxExportError, match="HardSwish with domain_version of 13"):
+        export_onnx(tmp_path / "hs", tmp_path / "hs13.onnx", opset=13)
+    export_embedder(tmp_path / "fm", model_cfg={"name": "test_deploy_hardswish",
+                    "kwargs": {"feature_map": True}}, params=v["params"], batch_stats={})  # fmt: skip
+    with pytest.raises(ValueError, match=r"not an \[N, D\] embedding"):
+        export_onnx(tmp_path / "fm", tmp_path / "fm.onnx")
