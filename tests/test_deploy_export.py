@@ -304,7 +304,7 @@ def test_opset_rises_to_what_the_graph_needs_and_feature_maps_are_refused(tmp_pa
     np.testing.assert_allclose(load_model(path).embed_raw(images), want, atol=1e-5)
     with pytest.raises(OnnxExportError, match="HardSwish with domain_version of 13"):
         export_onnx(tmp_path / "hs", tmp_path / "hs13.onnx", opset=13)
-    export_embedder(tmp_path / "fm", model_cfg={"name": "test_deploy_hardswish",
-                    "kwargs": {"feature_map": True}}, params=v["params"], batch_stats={})  # fmt: skip
+    cfg = {"name": "test_deploy_hardswish", "kwargs": {"feature_map": True}}
+    export_embedder(tmp_path / "fm", model_cfg=cfg, params=v["params"], batch_stats={})
     with pytest.raises(ValueError, match=r"not an \[N, D\] embedding"):
         export_onnx(tmp_path / "fm", tmp_path / "fm.onnx")
