@@ -20,8 +20,8 @@ _REGISTRY: dict[str, Any] = {}
 TASK_MODULES = {
     "classification": "hfrjax.tasks.classification",
     "rethink": "hfrjax.recipes.rethink.task",
-    "ssn": "hfrjax.recipes.ssn.task",
     "csan": "hfrjax.recipes.csan.task",
+    "ssn": "hfrjax.recipes.ssn.task",
     "ftl": "hfrjax.recipes.ftl.task",
     "toplight_top": "hfrjax.recipes.toplight.task",
     "toplight_vi": "hfrjax.recipes.toplight.task",
