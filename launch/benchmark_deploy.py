@@ -110,6 +110,7 @@ def main(argv):
             report = export_artifact(out / "export", out / f"model{suffix}", fmt=fmt)
             setup[f"{fmt}_export_s"] = time.perf_counter() - t
             setup[f"{fmt}_parity_max_abs"] = report.get("parity_max_abs")
+            setup[f"{fmt}_parity_scale"] = report.get("parity_scale")
             setup[f"{fmt}_bytes"] = os.path.getsize(report["path"])
             paths[fmt] = report["path"]
     results = []
