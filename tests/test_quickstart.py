@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import hfrjax
 
@@ -32,6 +33,7 @@ def _run(work):
     return out.stdout
 
 
+@pytest.mark.slow  # Two tiny quickstarts; CI also runs the full quickstart.
 def test_quickstart_tiny_end_to_end_and_resume(tmp_path):
     first = _run(tmp_path)
     assert "zero-shot (VIS pretraining)" in first and "fine-tuned (MEC" in first
@@ -59,8 +61,6 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path):
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["fine_tuned"]["mean"] == results["fine_tuned"]["mean"]
 
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.slow

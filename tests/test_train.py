@@ -256,6 +256,7 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # A subprocess on 8 fake devices (about 1 min); CI runs it with -m slow.
 def test_train_step_on_8_devices_equals_single_device():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(
