@@ -1,9 +1,11 @@
 """The ``hfrjax`` command: data and deployment tools. Training lives in ``launch/``.
 
-hfrjax synth --out DIR [--preset quickstart|small|large] [--seed 0] [--workers N]
+hfrjax synth --out DIR [--preset quickstart|small|large|thermal_vis|longtail|...] [--seed 0]
 hfrjax info DIR          # what a dataset directory holds
 hfrjax convert rec REC --out DIR --shards N       # InsightFace train.rec/.idx (MS1M, ...)
 hfrjax convert nirvis --dataset casia-nirvis2|lamp-hq|oulu-casia|buaa --root DIR --out DIR
+hfrjax convert reid --dataset sysu-mm01|regdb --root DIR --out DIR   # visible-infrared re-id
+hfrjax convert thermal --arlvtf --root DIR --out DIR   # or --csv FILE (path,identity,modality,set)
 hfrjax convert folder --root DIR --out DIR [--csv FILE]   # your own images
 hfrjax align --src DIR --landmarks FILE --out DIR [--size 112|128]
 
@@ -68,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("synth", help="generate the synthetic NIR-VIS face sets")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument(
-        "--preset", default="quickstart", choices=["tiny", "quickstart", "small", "large"]
+        "--preset",
+        default="quickstart",
+        choices=sorted(_synthetic_presets()),
+        help="NIR-VIS sets (tiny, quickstart, small, large), thermal-visible (thermal_tiny, "
+        "thermal_vis), long-tailed VIS (longtail_tiny, longtail)",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -92,7 +98,15 @@ _CONVERTERS = (
     ("rec", "hfrjax.data.convert.recordio", "InsightFace RecordIO (train.rec + train.idx)"),
     ("nirvis", "hfrjax.data.convert.nirvis", "CASIA NIR-VIS 2.0, LAMP-HQ, Oulu-CASIA, BUAA"),
     ("folder", "hfrjax.data.convert.folders", "root/<identity>/<modality>/* or a CSV list"),
+    ("reid", "hfrjax.data.convert.reid", "SYSU-MM01 and RegDB (visible-infrared person re-id)"),
+    ("thermal", "hfrjax.data.convert.thermal", "ARL-VTF set lists, or a path,identity,modality,set CSV"),
 )
+
+
+def _synthetic_presets() -> list[str]:
+    from hfrjax.data.synthetic import PRESETS
+
+    return list(PRESETS)
 
 
 _DEPLOY_COMMANDS = (
