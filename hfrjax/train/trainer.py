@@ -92,12 +92,12 @@ def say(msg: str) -> None:
 
 @dataclasses.dataclass
 class TrainResult:
-    state: TrainState
-    setup: TaskSetup
-    mesh: Any
-    final_metrics: dict
-    eval_results: dict | None
-    resumed_from: int | None
+    state: TrainState = dataclasses.field(repr=False)
+    setup: TaskSetup = dataclasses.field(repr=False)  # Its initial state was donated.
+    mesh: Any = dataclasses.field(repr=False)
+    final_metrics: dict = dataclasses.field(default_factory=dict)
+    eval_results: dict | None = None
+    resumed_from: int | None = None
 
     @property
     def embedder(self):
