@@ -24,9 +24,7 @@ from hfrjax.deploy.conventions import (
 FLAX, ONNX, JAX = "flax", "onnx", "jax"
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+from hfrjax.eval.embedding import l2_normalize  # noqa: E402,F401 - the one host normaliser.
 
 
 class ModelFormatError(ValueError):

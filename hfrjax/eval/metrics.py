@@ -564,8 +564,7 @@ class BlockScores:
         return mean_over_matched(self.average_precision, self.inp)
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from hfrjax.losses.margin import l2_normalize as _l2_normalize  # noqa: E402 - one normaliser.
 
 
 _l2_normalize_jit = jax.jit(_l2_normalize)

@@ -47,7 +47,7 @@ import optax
 from hfrjax.config import ConfigError, Section
 from hfrjax.data.dataset import Dataset
 from hfrjax.data.pipeline import InputConfig, select_records
-from hfrjax.losses import pixel_channel_sparsity, pseudo_triplet_loss
+from hfrjax.losses import l2_normalize, pixel_channel_sparsity, pseudo_triplet_loss
 from hfrjax.models import get_model
 from hfrjax.recipes.csan import hooks as hooks_lib
 from hfrjax.recipes.csan import network, pretrain
@@ -211,7 +211,7 @@ def _bank_cross_entropy(feats, rows, labelled, bank, allowed, temperature):
 
 
 def _l2(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(x, axis=1)
 
 
 def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
