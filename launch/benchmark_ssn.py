@@ -5,7 +5,7 @@ the IB critics and the search).
   python launch/benchmark_ssn.py --preset=synthetic --batch=64     # what a CPU manages
 
 Steps timed (each jitted exactly as the training loop runs it, on random uint8 batches with
-half NIR and half VIS images, after one compile-and-run call):
+half NIR and half VIS images; all compiled first, then timed in turns):
   plain LightCNN   mode baseline's step: LightCNN-29v2 + softmax classifier, one SGD optimizer;
   SI split         mode si_split's step: + per-modality indicators (joint optimizer);
   AFS mask step    the search's mask update (Adam on the indicators; L_id + λ L_ib on S_val);
@@ -75,22 +75,9 @@ def main(argv):
             }
         return state, opts, out
 
-    def time_step(state, opts, step, name):
-        fn = step_lib.make_train_step(step, opts, mesh)
-        batches = {name: data}
-        t = time.perf_counter()
-        state, m = fn(state, batches)
-        jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t
-        times = []
-        for _ in range(_REPEATS.value):
-            t = time.perf_counter()
-            state, m = fn(state, batches)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - t)
-        return state, compile_s, statistics.median(times)
-
-    rows = []
+    # Compile everything first, then time the steps in turns (round robin), so that a change
+    # in the machine's load during the run hits every step alike.
+    runs = []
     for label, mode, which in (
         ("plain LightCNN", "baseline", "train"),
         ("SI split", "si_split", "train"),
@@ -100,17 +87,32 @@ def main(argv):
     ):
         state, opts, steps = steps_of(mode)
         step, name = steps[which]
-        _, compile_s, sec = time_step(state, opts, step, name)
-        rows.append({"step": label, "ms": 1000 * sec, "images_per_s": batch / sec, "compile_s": compile_s})
+        fn = step_lib.make_train_step(step, opts, mesh)
+        t = time.perf_counter()
+        state, m = fn(state, {name: data})
+        jax.block_until_ready(m)
+        runs.append({"label": label, "fn": fn, "state": state, "name": name,
+                     "compile_s": time.perf_counter() - t, "times": []})
+    for _ in range(_REPEATS.value):
+        for r in runs:
+            t = time.perf_counter()
+            r["state"], m = r["fn"](r["state"], {r["name"]: data})
+            jax.block_until_ready(m)
+            r["times"].append(time.perf_counter() - t)
+    rows = []
+    for r in runs:
+        sec = statistics.median(r["times"])
+        rows.append({"step": r["label"], "ms": 1000 * sec, "min_ms": 1000 * min(r["times"]),
+                     "images_per_s": batch / sec, "compile_s": r["compile_s"]})
     base = rows[0]["ms"]
     dev = jax.devices()[0]
     print(f"SSN step times: preset {_PRESET.value} ({size}x{size}), batch {batch}, "
           f"{_CLASSES.value} classes, {dev.platform} ({dev.device_kind}), median of {_REPEATS.value}")
-    print("| step | ms / step | images / s | × plain |")
-    print("|---|---|---|---|")
+    print("| step | ms / step (median) | ms (min) | images / s | × plain (median) |")
+    print("|---|---:|---:|---:|---:|")
     for r in rows:
         r["ratio"] = r["ms"] / base
-        print(f"| {r['step']} | {r['ms']:.1f} | {r['images_per_s']:.0f} | {r['ratio']:.2f} |")
+        print(f"| {r['step']} | {r['ms']:.1f} | {r['min_ms']:.1f} | {r['images_per_s']:.0f} | {r['ratio']:.2f} |")
     if _JSON.value:
         Path(_JSON.value).write_text(json.dumps({"preset": _PRESET.value, "batch": batch, "rows": rows}, indent=1))
 
