@@ -100,6 +100,7 @@ _CONVERTERS = (
     ("folder", "hfrjax.data.convert.folders", "root/<identity>/<modality>/* or a CSV list"),
     ("reid", "hfrjax.data.convert.reid", "SYSU-MM01 and RegDB (visible-infrared person re-id)"),
     ("thermal", "hfrjax.data.convert.thermal", "ARL-VTF set lists, or a path,identity,modality,set CSV"),
+    ("ftl-subsets", "hfrjax.recipes.ftl.subsets", "FTL's UR training sets (Table 1 layout, per-class caps) from a converted dataset"),
 )
 
 
