@@ -59,7 +59,9 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def afs_run(data, tmp_path_factory):
-    """One AFS run: 2 x (mask, net) search steps, 3 train steps, a checkpoint after each."""
+    """One AFS run: 2 x (mask, net) search steps, 3 train steps, a checkpoint after each.
+    Its tests are marked slow: the run compiles LightCNN's initialisers and three steps
+    (about 75 s of one core)."""
     work = tmp_path_factory.mktemp("ssn_afs")
     return work, trainer.train(tiny_config(data), str(work))
 
@@ -110,6 +112,7 @@ def test_class_remap_maps_subset_ids_to_full_ids():
         search.class_remap([2, 5, 9], [5, 7], "v")
 
 
+@pytest.mark.slow
 def test_afs_plan_alternates_then_trains(afs_run):
     work, r = afs_run
     plan = [r.setup.plan(s) for s in range(2 * SEARCH + TRAIN)]
@@ -126,6 +129,7 @@ def test_afs_plan_alternates_then_trains(afs_run):
     assert all(("loss/critic" in m) == (p != "mask") for m, p in zip(rows, plan))
 
 
+@pytest.mark.slow
 def test_split_is_written_and_mask_steps_see_only_validation_images(data, afs_run):
     work, r = afs_run
     records = Dataset.open(str(data)).records
@@ -162,6 +166,7 @@ def _same(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_mask_steps_change_only_masks_and_network_steps_never_masks(afs_run):
     work, _ = afs_run
     states = {s: _restore(work, s) for s in range(2, 7)}
@@ -193,6 +198,7 @@ def _batch(modality, seed=0):
     }
 
 
+@pytest.mark.slow
 def test_one_modality_never_updates_the_other_modalitys_masks(afs_run):
     """Through the whole jitted mask step (Adam state fresh, so a zero gradient is a zero
     update), and through the gradient of the training loss (the loss of the joint modes'
@@ -224,6 +230,7 @@ def test_one_modality_never_updates_the_other_modalitys_masks(afs_run):
     assert all(not np.any(vis_only[b][1]) for b in vis_only)
 
 
+@pytest.mark.slow
 def test_embedder_gates_each_image_with_its_own_modalitys_masks(afs_run):
     _, r = afs_run
     params = jax.device_get(r.state.params)
@@ -255,6 +262,7 @@ def test_eval_occlusion_blacks_out_nir_probes_only():
     assert occlude_nir(imgs, mod, "none") is imgs
 
 
+@pytest.mark.slow
 def test_export_holds_network_and_masks_in_the_models_layout(afs_run):
     work, r = afs_run
     model, variables = load_weights(work)
@@ -329,6 +337,7 @@ def test_mask_pictures_are_sigmoid_channel_means_written_as_png(tmp_path):
         mask_maps({"block1": np.zeros((3, 2, 2, 1))})
 
 
+@pytest.mark.slow
 def test_run_writes_mask_pictures_and_the_command_line_redraws_them(afs_run, tmp_path):
     work, _ = afs_run
     for mod in ("vis", "nir"):
