@@ -25,7 +25,9 @@ from pathlib import Path
 
 from absl import app, flags
 
-_PRESET = flags.DEFINE_enum("preset", "synthetic", ["paper", "synthetic", "test"], "model / input size")
+_PRESET = flags.DEFINE_enum(
+    "preset", "synthetic", ["paper", "synthetic", "test"], "model / input size"
+)
 _BATCH = flags.DEFINE_integer("batch", 0, "global batch (0: the preset's)")
 _CLASSES = flags.DEFINE_integer("classes", 360, "identities in the classifier (CASIA fold: ~360)")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "timed calls per step")
@@ -66,11 +68,36 @@ def main(argv):
         opts = make_optimizers(parts, 100, 1000)
         state = state_lib.create_state(parts.params, parts.model_state, opts, jax.random.key(1), {})
         remap = np.arange(_CLASSES.value)
-        out = {"train": (Step(parts.loss("train", None, train_critics=True, keep_model_state=False), ("train",), ("net",)), "train")}
+        out = {
+            "train": (
+                Step(
+                    parts.loss("train", None, train_critics=True, keep_model_state=False),
+                    ("train",),
+                    ("net",),
+                ),
+                "train",
+            )
+        }
         if mode == "afs":
             out = {
-                "mask": (Step(parts.loss("search_val", remap, train_critics=False, keep_model_state=True), ("search_val",), ("mask",)), "search_val"),
-                "net": (Step(parts.loss("search_train", remap, train_critics=True, keep_model_state=False), ("search_train",), ("net",)), "search_train"),
+                "mask": (
+                    Step(
+                        parts.loss("search_val", remap, train_critics=False, keep_model_state=True),
+                        ("search_val",),
+                        ("mask",),
+                    ),
+                    "search_val",
+                ),
+                "net": (
+                    Step(
+                        parts.loss(
+                            "search_train", remap, train_critics=True, keep_model_state=False
+                        ),
+                        ("search_train",),
+                        ("net",),
+                    ),
+                    "search_train",
+                ),
                 **out,
             }
         return state, opts, out
@@ -91,8 +118,16 @@ def main(argv):
         t = time.perf_counter()
         state, m = fn(state, {name: data})
         jax.block_until_ready(m)
-        runs.append({"label": label, "fn": fn, "state": state, "name": name,
-                     "compile_s": time.perf_counter() - t, "times": []})
+        runs.append(
+            {
+                "label": label,
+                "fn": fn,
+                "state": state,
+                "name": name,
+                "compile_s": time.perf_counter() - t,
+                "times": [],
+            }
+        )
     for _ in range(_REPEATS.value):
         for r in runs:
             t = time.perf_counter()
@@ -102,19 +137,32 @@ def main(argv):
     rows = []
     for r in runs:
         sec = statistics.median(r["times"])
-        rows.append({"step": r["label"], "ms": 1000 * sec, "min_ms": 1000 * min(r["times"]),
-                     "images_per_s": batch / sec, "compile_s": r["compile_s"]})
+        rows.append(
+            {
+                "step": r["label"],
+                "ms": 1000 * sec,
+                "min_ms": 1000 * min(r["times"]),
+                "images_per_s": batch / sec,
+                "compile_s": r["compile_s"],
+            }
+        )
     base = rows[0]["ms"]
     dev = jax.devices()[0]
-    print(f"SSN step times: preset {_PRESET.value} ({size}x{size}), batch {batch}, "
-          f"{_CLASSES.value} classes, {dev.platform} ({dev.device_kind}), median of {_REPEATS.value}")
+    print(
+        f"SSN step times: preset {_PRESET.value} ({size}x{size}), batch {batch}, "
+        f"{_CLASSES.value} classes, {dev.platform} ({dev.device_kind}), median of {_REPEATS.value}"
+    )
     print("| step | ms / step (median) | ms (min) | images / s | × plain (median) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         r["ratio"] = r["ms"] / base
-        print(f"| {r['step']} | {r['ms']:.1f} | {r['min_ms']:.1f} | {r['images_per_s']:.0f} | {r['ratio']:.2f} |")
+        print(
+            f"| {r['step']} | {r['ms']:.1f} | {r['min_ms']:.1f} | {r['images_per_s']:.0f} | {r['ratio']:.2f} |"
+        )
     if _JSON.value:
-        Path(_JSON.value).write_text(json.dumps({"preset": _PRESET.value, "batch": batch, "rows": rows}, indent=1))
+        Path(_JSON.value).write_text(
+            json.dumps({"preset": _PRESET.value, "batch": batch, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

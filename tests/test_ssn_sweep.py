@@ -20,10 +20,20 @@ ROWS = ["lightcnn", "lightcnn-ft", "si", "si-split", "si-split-ib", "afs"]
     "spec, data, evald, mode",
     [
         ("configs/ssn/casia.py", "casia_nir_vis_2.0", "casia_nir_vis_2.0", "afs"),
-        ("configs/ssn/casia.py:mode=si,fold=7,partial=0", "casia_nir_vis_2.0", "casia_nir_vis_2.0", "si"),
+        (
+            "configs/ssn/casia.py:mode=si,fold=7,partial=0",
+            "casia_nir_vis_2.0",
+            "casia_nir_vis_2.0",
+            "si",
+        ),
         ("configs/ssn/lamp_hq.py:fold=10", "lamp_hq", "lamp_hq", "afs"),
         ("configs/ssn/cross_dataset.py", "casia_nir_vis_2.0", "buaa_visnir", "afs"),
-        ("configs/ssn/cross_dataset.py:eval=oulu", "casia_nir_vis_2.0", "oulu_casia_nir_vis", "afs"),
+        (
+            "configs/ssn/cross_dataset.py:eval=oulu",
+            "casia_nir_vis_2.0",
+            "oulu_casia_nir_vis",
+            "afs",
+        ),
         ("configs/ssn/synthetic.py:mode=si_split_ib,fold=3", "target", "target", "si_split_ib"),
     ],
 )

@@ -39,8 +39,14 @@ def tiny_config(data, mode="afs", **over):
         keep_checkpoints=50,
         model={"kwargs": TINY_MODEL},
         # 3 channels and no flips / occlusion keep the pixels that encode each image's key.
-        input=dict(data_dir=str(data), batch_size=8, channels=3, image_size=(16, 16),
-                   num_threads=1, augment=dict(hflip=False)),
+        input=dict(
+            data_dir=str(data),
+            batch_size=8,
+            channels=3,
+            image_size=(16, 16),
+            num_threads=1,
+            augment=dict(hflip=False),
+        ),
         ib=dict(critic_features=(8,), critic_head=(8,), pool=4),
         afs=dict(search_steps=SEARCH, schedule=dict(name="constant", lr=0.01)),
         total_steps=TRAIN,
@@ -93,7 +99,9 @@ def test_identity_preserving_split_is_seeded_disjoint_and_balanced():
     assert search.identity_preserving_split(keys, labels, mods, seed=3) == (tr, va)
     assert search.identity_preserving_split(keys, labels, mods, seed=4) != (tr, va)
     with pytest.raises(ValueError, match="duplicate keys"):
-        search.identity_preserving_split(keys + keys[:1], labels + labels[:1], mods + mods[:1], seed=0)
+        search.identity_preserving_split(
+            keys + keys[:1], labels + labels[:1], mods + mods[:1], seed=0
+        )
     with pytest.raises(ValueError, match="val_fraction"):
         search.identity_preserving_split(keys, labels, mods, seed=0, val_fraction=1.0)
 
@@ -206,7 +214,9 @@ def test_one_modality_never_updates_the_other_modalitys_masks(afs_run):
     _, r = afs_run
     setup, state = r.setup, r.state
     opt = setup.optimizers["mask"]
-    state = state.replace(opt_states={**state.opt_states, "mask": opt.tx.init({"masks": state.params["masks"]})})
+    state = state.replace(
+        opt_states={**state.opt_states, "mask": opt.tx.init({"masks": state.params["masks"]})}
+    )
     state = jax.tree.map(jnp.copy, state)
     mask_step = step_lib.make_train_step(setup.steps["mask"], setup.optimizers, r.mesh)
     before = jax.device_get(state.params["masks"]["masks"])
@@ -218,10 +228,21 @@ def test_one_modality_never_updates_the_other_modalitys_masks(afs_run):
             assert not np.array_equal(before[block][only], after[block][only]), (only, block)
 
     loss_fn = setup.steps["train"].loss_fn
-    grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, state.model_state, state.extra, {"train": b}, jax.random.key(1))[0]))
+    grad = jax.jit(
+        jax.grad(
+            lambda p, b: loss_fn(
+                p, state.model_state, state.extra, {"train": b}, jax.random.key(1)
+            )[0]
+        )
+    )
     mixed = _batch([0, 1] * 4, seed=1)
     g1 = grad(state.params, mixed)["masks"]["masks"]
-    changed = dict(mixed, image=jnp.where((mixed["modality"] == 0)[:, None, None, None], 255 - mixed["image"], mixed["image"]))
+    changed = dict(
+        mixed,
+        image=jnp.where(
+            (mixed["modality"] == 0)[:, None, None, None], 255 - mixed["image"], mixed["image"]
+        ),
+    )
     g2 = grad(state.params, changed)["masks"]["masks"]
     for block in g1:
         np.testing.assert_allclose(g1[block][1], g2[block][1], rtol=1e-5, atol=1e-9, err_msg=block)
@@ -292,16 +313,27 @@ def test_modality_critic_equals_the_plain_critic_on_each_modalitys_subbatch():
         perm[rows] = np.roll(rows, 1)
     critic = ModalityCritic(**kw)
     variables = critic.init(jax.random.key(0), p, q, jnp.asarray(perm), is_nir, train=False)
-    (joint, marginal), _ = critic.apply(variables, p, q, jnp.asarray(perm), is_nir, train=True, mutable=["batch_stats"])
+    (joint, marginal), _ = critic.apply(
+        variables, p, q, jnp.asarray(perm), is_nir, train=True, mutable=["batch_stats"]
+    )
     plain = JensenShannonCritic(**kw)
     for rows in (nir, vis):
         sub_perm = jnp.asarray(np.roll(np.arange(len(rows)), 1))
-        (j, m), _ = plain.apply(variables, p[rows], q[rows], sub_perm, train=True, mutable=["batch_stats"])
+        (j, m), _ = plain.apply(
+            variables, p[rows], q[rows], sub_perm, train=True, mutable=["batch_stats"]
+        )
         np.testing.assert_allclose(np.asarray(joint)[rows], j, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(marginal)[rows], m, rtol=1e-5, atol=1e-6)
     # A batch of one modality: the absent one's (unused) statistics stay finite.
-    (j1, m1), _ = critic.apply(variables, p, q, jnp.asarray(np.roll(np.arange(8), 1)),
-                               jnp.zeros(8, bool), train=True, mutable=["batch_stats"])
+    (j1, m1), _ = critic.apply(
+        variables,
+        p,
+        q,
+        jnp.asarray(np.roll(np.arange(8), 1)),
+        jnp.zeros(8, bool),
+        train=True,
+        mutable=["batch_stats"],
+    )
     assert np.isfinite(np.asarray(j1)).all() and np.isfinite(np.asarray(m1)).all()
 
 
@@ -325,7 +357,13 @@ def test_mask_pictures_are_sigmoid_channel_means_written_as_png(tmp_path):
     masks = {"block1": rng.normal(size=(2, 8, 6, 3)), "block2": rng.normal(size=(2, 4, 4, 5))}
     paths = write_mask_pictures(masks, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["masks.png", "nir_block1.png", "nir_block2.png", "vis_block1.png", "vis_block2.png"]
+    assert names == [
+        "masks.png",
+        "nir_block1.png",
+        "nir_block2.png",
+        "vis_block1.png",
+        "vis_block2.png",
+    ]
     img = np.asarray(Image.open(tmp_path / "nir_block1.png"))
     assert img.shape == (8 * 22, 6 * 22, 3) and img.dtype == np.uint8  # ≥ 128 px a side.
     stats = json.loads((tmp_path / "masks.json").read_text())

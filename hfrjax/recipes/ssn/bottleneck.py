@@ -99,7 +99,9 @@ class ModalityCritic(JensenShannonCritic):
             ]
         )
         for i, width in enumerate(self.head_features):
-            pairs = nn.relu(nn.Dense(width, param_dtype=self.param_dtype, name=f"head_fc{i}")(pairs))
+            pairs = nn.relu(
+                nn.Dense(width, param_dtype=self.param_dtype, name=f"head_fc{i}")(pairs)
+            )
         scores = nn.Dense(1, param_dtype=self.param_dtype, name="head")(pairs)[:, 0]
         return scores[: p.shape[0]], scores[p.shape[0] :]
 
@@ -171,7 +173,11 @@ class Bottleneck:
 
 
 def make_bottleneck(
-    features: Sequence[int], head: Sequence[int], pool: int, beta: float, param_dtype: Any = jnp.float32
+    features: Sequence[int],
+    head: Sequence[int],
+    pool: int,
+    beta: float,
+    param_dtype: Any = jnp.float32,
 ) -> Bottleneck:
     critic = ModalityCritic(
         p_features=tuple(features),

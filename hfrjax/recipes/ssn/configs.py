@@ -147,9 +147,17 @@ def ssn_config(
             "seed": seed,
             "augment": {"hflip": True, "occlude_p": s["occlude_p"] if partial else 0.0},
         },
-        ib={"weight": s["ib_weight"], "beta": s["beta"], "pool": s["ib_pool"],
-            "critic_features": s["critic"], "critic_head": s["critic"]},
-        afs={"search_epochs": float(s["search_epochs"]), "schedule": {"name": "constant", "lr": s["mask_lr"]}},
+        ib={
+            "weight": s["ib_weight"],
+            "beta": s["beta"],
+            "pool": s["ib_pool"],
+            "critic_features": s["critic"],
+            "critic_head": s["critic"],
+        },
+        afs={
+            "search_epochs": float(s["search_epochs"]),
+            "schedule": {"name": "constant", "lr": s["mask_lr"]},
+        },
         schedule={"name": "constant", "lr": s["net_lr"]},
         optimizer=dict(s["optimizer"]),
         num_epochs=float(s["epochs"]),
@@ -183,7 +191,12 @@ def pretrain_config(
     c.input.batch_size = p["batch_size"]
     c.num_epochs = float(p["epochs"])
     c.schedule = ml_collections.ConfigDict(
-        dict(c.schedule.to_dict(), name="piecewise", lr=p["lr"], boundaries_epochs=tuple(p["boundaries_epochs"]))
+        dict(
+            c.schedule.to_dict(),
+            name="piecewise",
+            lr=p["lr"],
+            boundaries_epochs=tuple(p["boundaries_epochs"]),
+        )
     )
     c.eval.data_dir = eval_dir
     return c
@@ -240,7 +253,9 @@ def table7_sweep(
         if not (pretrain_config and pretrain_dir):
             raise ValueError("table7_sweep needs init_from (a LightCNN) or a pretraining")
         start = [
-            sweep.stage("pretrain", pretrain_config, {"input.data_dir": pretrain_dir}, evaluate=False)
+            sweep.stage(
+                "pretrain", pretrain_config, {"input.data_dir": pretrain_dir}, evaluate=False
+            )
         ]
         init = "{stage:pretrain}"
     cells = []
@@ -258,7 +273,12 @@ def table7_sweep(
             if mode is None:  # The starting LightCNN, evaluated as it is.
                 overrides.update({"num_epochs": 0.0, "total_steps": 0})
             stages.append(
-                sweep.stage(f"fold{k}", stage_config.format(mode=mode or "baseline"), overrides, evaluate=True)
+                sweep.stage(
+                    f"fold{k}",
+                    stage_config.format(mode=mode or "baseline"),
+                    overrides,
+                    evaluate=True,
+                )
             )
         cells.append({"name": cell, "stages": stages})
     c = ml_collections.ConfigDict()
@@ -280,7 +300,9 @@ def table7_sweep(
 REAL_KEYS = {"mode", "fold", "partial", "init_from", "data_root", "eval_occlusion", "eval", "seed"}
 
 
-def real_config(train: str, arg: str | None, default_eval: str | None = None) -> ml_collections.ConfigDict:
+def real_config(
+    train: str, arg: str | None, default_eval: str | None = None
+) -> ml_collections.ConfigDict:
     """A paper-scale config training on ``train``'s fold and evaluating on ``eval`` (default:
     the same dataset and fold; another dataset is evaluated on its fold 1, as the paper's
     cross-dataset use of the CASIA fold-1 model)."""

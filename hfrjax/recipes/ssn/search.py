@@ -125,5 +125,8 @@ def class_remap(full_labels: np.ndarray, subset_labels: np.ndarray, what: str) -
 def afs_plan(search_steps: int, train_steps: int) -> Callable[[int], str]:
     """Alg. 1: ``search_steps`` (mask, network) pairs, then ``train_steps`` train steps."""
     return phases(
-        [(2 * int(search_steps), alternate([("mask", 1), ("net", 1)])), (int(train_steps), single("train"))]
+        [
+            (2 * int(search_steps), alternate([("mask", 1), ("net", 1)])),
+            (int(train_steps), single("train")),
+        ]
     )

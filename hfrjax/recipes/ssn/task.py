@@ -185,7 +185,11 @@ def occlude_nir(images, modality, kind: str):
     box = np.zeros((h, w), bool)
     box[y0:y1, x0:x1] = True
     hide = (modality != 0)[:, None, None, None] & jnp.asarray(box)[None, :, :, None]
-    black = jnp.zeros((), images.dtype) if images.dtype == jnp.uint8 else jnp.asarray(-1.0, images.dtype)
+    black = (
+        jnp.zeros((), images.dtype)
+        if images.dtype == jnp.uint8
+        else jnp.asarray(-1.0, images.dtype)
+    )
     return jnp.where(hide, black, images)
 
 
@@ -221,8 +225,14 @@ class Parts:
             new_ms = model_state
             if bottleneck is not None:
                 l_ib, l_critic, stats, m = bottleneck.terms(
-                    params["critic"], model_state["batch_stats"], x, blocks[0], blocks[-1],
-                    modality != 0, jax.random.fold_in(rng, 7), train_critics=train_critics,
+                    params["critic"],
+                    model_state["batch_stats"],
+                    x,
+                    blocks[0],
+                    blocks[-1],
+                    modality != 0,
+                    jax.random.fold_in(rng, 7),
+                    train_critics=train_critics,
                 )
                 loss = loss + cfg.ib.weight * l_ib + cfg.ib.critic_weight * l_critic
                 metrics.update(m)
@@ -238,7 +248,9 @@ class Parts:
 
         def embed(params, model_state, images, modality, train_bn=False):
             images = occlude_nir(images, modality, kind)
-            return model.apply({"params": merged_params(params)}, model_inputs(images), modality, train=False)
+            return model.apply(
+                {"params": merged_params(params)}, model_inputs(images), modality, train=False
+            )
 
         return embed
 
@@ -296,7 +308,9 @@ def build_parts(cfg: SSNConfig, num_classes: int, seed: int, *, restoring: bool 
     if cfg.input.image_size:
         h, w = cfg.input.image_size
         if h != w:
-            raise ConfigError(f"input.image_size must be square for LightCNN, got {cfg.input.image_size}")
+            raise ConfigError(
+                f"input.image_size must be square for LightCNN, got {cfg.input.image_size}"
+            )
         kwargs["input_size"] = int(h)
     model_cfg = {"name": MODEL_NAME, "kwargs": kwargs}
     model = state_lib.build_backbone(model_cfg, compute_dtype=cfg.compute_dtype)
@@ -309,7 +323,10 @@ def build_parts(cfg: SSNConfig, num_classes: int, seed: int, *, restoring: bool 
     emb, blocks = jax.eval_shape(
         lambda: model.apply({"params": variables}, x, jnp.zeros(2, jnp.int32), return_blocks=True)
     )
-    params = {"network": network, "head": init_head(r_head, cfg.id_loss.kind, num_classes, emb.shape[-1])}
+    params = {
+        "network": network,
+        "head": init_head(r_head, cfg.id_loss.kind, num_classes, emb.shape[-1]),
+    }
     if masks:
         params[MASKS] = {MASKS: masks}
     model_state, bottleneck = {}, None
@@ -323,7 +340,10 @@ def build_parts(cfg: SSNConfig, num_classes: int, seed: int, *, restoring: bool 
 
 
 def _group_labels(params: dict) -> dict:
-    return {g: jax.tree.map(lambda _: "masks" if g == MASKS else "net", sub) for g, sub in params.items()}
+    return {
+        g: jax.tree.map(lambda _: "masks" if g == MASKS else "net", sub)
+        for g, sub in params.items()
+    }
 
 
 def make_optimizers(parts: Parts, steps_per_epoch: int, net_updates: int) -> dict[str, Optimizer]:
@@ -342,7 +362,9 @@ def make_optimizers(parts: Parts, steps_per_epoch: int, net_updates: int) -> dic
             "mask": Optimizer((MASKS,), mask_tx, mask_sched),
         }
     if cfg.joint_mask_rule == "sgd":  # The network's rule without weight decay.
-        mask_tx = optim.make_optimizer(dataclasses.replace(cfg.optimizer, weight_decay=0.0), net_sched)
+        mask_tx = optim.make_optimizer(
+            dataclasses.replace(cfg.optimizer, weight_decay=0.0), net_sched
+        )
     joint = optax.multi_transform({"net": net_tx, "masks": mask_tx}, _group_labels)
     return {"net": Optimizer(groups, joint, net_sched)}
 
@@ -377,11 +399,18 @@ def build_inputs(cfg: SSNConfig, ctx) -> tuple[dict, dict, int, dict]:
         return inputs, remaps, 0, meta
     records, _ = pipeline.select_records(Dataset.open(cfg.input.data_dir), cfg.input)
     s_train, s_val = search.identity_preserving_split(
-        records.key, records.label, records.modality,
-        seed=cfg.afs.split_seed, val_fraction=cfg.afs.val_fraction,
+        records.key,
+        records.label,
+        records.modality,
+        seed=cfg.afs.split_seed,
+        val_fraction=cfg.afs.val_fraction,
     )
-    info = {"seed": cfg.afs.split_seed, "val_fraction": cfg.afs.val_fraction,
-            "data_dir": cfg.input.data_dir, "fold": cfg.input.fold}
+    info = {
+        "seed": cfg.afs.split_seed,
+        "val_fraction": cfg.afs.val_fraction,
+        "data_dir": cfg.input.data_dir,
+        "fold": cfg.input.fold,
+    }
     if jax.process_index() == 0:
         search.write_split(ctx.workdir, s_train, s_val, info)
     for name, keys in (("search_train", s_train), ("search_val", s_val)):
@@ -389,7 +418,9 @@ def build_inputs(cfg: SSNConfig, ctx) -> tuple[dict, dict, int, dict]:
         try:
             inputs[name] = pipeline.make_train_input(sub_cfg, mesh=ctx.mesh)
         except ValueError as e:
-            raise ValueError(f"AFS {name} ({len(keys)} records of {cfg.input.data_dir}): {e}") from e
+            raise ValueError(
+                f"AFS {name} ({len(keys)} records of {cfg.input.data_dir}): {e}"
+            ) from e
         remaps[name] = search.class_remap(full.class_labels, inputs[name].class_labels, name)
     per_epoch = inputs["search_train"].steps_per_epoch
     search_steps = int(cfg.afs.search_steps or round(cfg.afs.search_epochs * per_epoch))
@@ -409,16 +440,32 @@ class SSNTask:
         train_steps = int(cfg.total_steps or round(cfg.num_epochs * spe))
         parts = build_parts(cfg, full.num_classes, ctx.seed, restoring=ctx.restoring)
         optimizers = make_optimizers(parts, spe, search_steps + train_steps)
-        train_step = Step(parts.loss("train", None, train_critics=True, keep_model_state=False), ("train",), ("net",))
+        train_step = Step(
+            parts.loss("train", None, train_critics=True, keep_model_state=False),
+            ("train",),
+            ("net",),
+        )
         if mode.afs:
             steps = {
                 "mask": Step(
-                    parts.loss("search_val", remaps["search_val"], train_critics=False, keep_model_state=True),
-                    ("search_val",), ("mask",),
+                    parts.loss(
+                        "search_val",
+                        remaps["search_val"],
+                        train_critics=False,
+                        keep_model_state=True,
+                    ),
+                    ("search_val",),
+                    ("mask",),
                 ),
                 "net": Step(
-                    parts.loss("search_train", remaps["search_train"], train_critics=True, keep_model_state=False),
-                    ("search_train",), ("net",),
+                    parts.loss(
+                        "search_train",
+                        remaps["search_train"],
+                        train_critics=True,
+                        keep_model_state=False,
+                    ),
+                    ("search_train",),
+                    ("net",),
                 ),
                 "train": train_step,
             }
@@ -444,7 +491,9 @@ class SSNTask:
         )
         describe = f"SSN {cfg.mode} (saliency {mode.saliency}, IB {mode.ib}, AFS {mode.afs}), "
         if mode.afs:
-            describe += f"search {search_steps} x (mask, net) steps then {train_steps} train steps, "
+            describe += (
+                f"search {search_steps} x (mask, net) steps then {train_steps} train steps, "
+            )
         return TaskSetup(
             inputs=inputs,
             state=state,
