@@ -239,22 +239,29 @@ def test_vi_setup_from_a_single_path_network_copies_the_stem(data, tmp_path):
 
 def test_top_step_reverses_the_final_domain_gradient(data, tmp_path):
     lam = 0.5
-    setup, cfg = setup_of(top_cfg(data, **{"loss.reversal_scale": lam}), tmp_path)
+    setup, cfg = setup_of(
+        top_cfg(data, **{"loss.reversal_scale": lam, "loss.reversal_schedule": "constant"}),
+        tmp_path,
+    )
     batch = next(setup.inputs["train"])
     state = setup.state
     model, _ = task.build_network(cfg, private_blocks=4)
     ms, rng = state.model_state, jax.random.key(1)
 
     def grl_final(params):  # L_d(GRL(x^_1), d_1) + L_d(GRL(x^_2), d_2) inside the TOP step
-        loss, (m, _, _) = setup.steps["train"].loss_fn(params, ms, {}, {"train": batch}, rng)
-        return m["_fd1_final"] + m["_fd2_final"], (loss, m)
+        loss, (m, _, extra) = setup.steps["train"].loss_fn(
+            params, ms, state.extra, {"train": batch}, rng
+        )
+        return m["_fd1_final"] + m["_fd2_final"], (loss, dict(m, next_step=extra["step"]))
 
-    def plain_final(params):  # The same without the GRL, written out: mean BCE of logits.
+    def plain_final(params):  # The same without the GRL, written out: mean BCE of the logits
+        # of the final classifier on the unit-normalised features (loss.normalize_final).
         (_, inter), _ = task.apply_network(model, params["network"], ms,
                                            (batch["colour"], batch["texture"]), True, rng,
                                            return_intermediates=True)
         total = 0.0
         for f, d in zip(inter["block7"], (0.0, 1.0)):
+            f = f / jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True))
             z = LogisticDomainClassifier().apply({"params": params["domain"]["final"]}, f)
             total = total + jnp.mean(jax.nn.softplus(z) - d * z)
         return total
@@ -271,8 +278,19 @@ def test_top_step_reverses_the_final_domain_gradient(data, tmp_path):
         np.testing.assert_allclose(net_grl[k], -lam * v, rtol=1e-4, atol=1e-7)
     for k, v in flat(g_plain["domain"]["final"]).items():  # ... not in the classifier.
         np.testing.assert_allclose(flat(g_grl["domain"]["final"])[k], v, rtol=1e-5, atol=1e-8)
-    # Eq. 4: the step's loss is L_idc + L_fd^1 + L_fd^2.
+    # Eq. 4: the step's loss is L_idc + L_fd^1 + L_fd^2; the step advances the GRL's clock.
     np.testing.assert_allclose(loss, m["loss/idc"] + m["loss/fd1"] + m["loss/fd2"], rtol=1e-6)
+    assert float(m["grl_lambda"]) == lam and int(m["next_step"]) == 1
+
+
+def test_ganin_reversal_schedule():
+    cfg = task.TopLossConfig(reversal_scale=0.5)
+    for step, total in ((0, 10), (5, 10), (10, 10), (3, 7)):
+        p = step / total
+        want = 0.5 * (2 / (1 + np.exp(-10 * p)) - 1)  # Ganin & Lempitsky §5
+        np.testing.assert_allclose(task.reversal_lambda(cfg, step, total), want, rtol=1e-6)
+    const = task.TopLossConfig(reversal_scale=0.5, reversal_schedule="constant")
+    assert float(task.reversal_lambda(const, 0, 10)) == 0.5
 
 
 # ------------------------------------------------------------------------------------------

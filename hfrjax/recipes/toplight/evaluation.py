@@ -161,5 +161,9 @@ def train_and_evaluate(config: Any, workdir: str):
         return result
     reid = reid_evaluation(result.embedder, reid_cfg, task_cfg.input.image_size)
     write_text_atomic(Path(workdir) / REID_JSON, json.dumps(reid, indent=1, default=float) + "\n")
-    result.eval_results = merge_results(result.eval_results, reid)
+    face = result.eval_results
+    if face is not None and "folds" not in face:  # A complete run returns only the means:
+        path = Path(workdir) / "eval.json"  # the full result is the loop's eval.json.
+        face = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    result.eval_results = merge_results(face, reid)
     return result

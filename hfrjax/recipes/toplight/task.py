@@ -12,7 +12,10 @@ x^_i the final (Block7, 1280-d pooled) feature of path i:
 
 (`hfrjax.losses.domain_conflict`): one logistic domain classifier on the GAP of the Block4
 maps, one on the final features behind the gradient reversal layer; everything trains with
-one optimizer, the GRL turning the final classifier's objective around for Block5-7. Table
+one optimizer, the GRL turning the final classifier's objective around for Block5-7. Two
+choices the paper leaves open (`TopLossConfig`): the GRL's lambda follows Ganin's ramp
+2 / (1 + exp(-10 p)) - 1 (the cited GRL's schedule), and the final classifier reads unit-norm
+features (raw ones diverged: the reversed gradient inflates their scale). Table
 3's ablations: ``loss.identity = "id"`` (No. 2-3: an identity loss with a classifier per path
 instead of the shared one; our reading of "L_id"), ``loss.fake_domain`` off (No. 2-4),
 ``augment.generic`` / ``augment.colour_texture`` (the G and C+T columns).
@@ -63,6 +66,15 @@ from hfrjax.train.task import ExportSpec, Optimizer, SetupContext, Step, TaskSet
 
 COLOUR_DOMAIN, TEXTURE_DOMAIN = 0, 1  # d_1, d_2: the fake domains of Eq. 1-2.
 IDENTITY_LOSSES = ("idc", "id")
+REVERSAL_SCHEDULES = ("ganin", "constant")
+
+
+def reversal_lambda(loss_cfg, step, total_steps: int):
+    """The GRL's lambda at ``step`` of ``total_steps`` (`TopLossConfig.reversal_schedule`)."""
+    if loss_cfg.reversal_schedule == "constant":
+        return jnp.asarray(loss_cfg.reversal_scale, jnp.float32)
+    progress = jnp.asarray(step, jnp.float32) / max(1, int(total_steps))
+    return loss_cfg.reversal_scale * (2.0 / (1.0 + jnp.exp(-10.0 * progress)) - 1.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -106,7 +118,17 @@ class FdrSection(Section):
 class TopLossConfig(Section):
     identity: str = "idc"  # "idc": one classifier for both paths (Eq. 3); "id": one per path.
     fake_domain: bool = True  # L_fd^1 + L_fd^2 (Eq. 1-2).
-    reversal_scale: float = 1.0  # The GRL's lambda.
+    reversal_scale: float = 1.0  # The GRL's largest lambda.
+    # "ganin": lambda_p = scale * (2 / (1 + exp(-10 p)) - 1), p = training progress in [0, 1]
+    # (Ganin & Lempitsky, ICML 2015, §5, the GRL TOPLight cites); "constant": scale throughout.
+    # The paper gives neither; a constant lambda = 1 from the first step diverged on the
+    # synthetic set (the reversed gradient inflates the final features until the BCE is inf).
+    reversal_schedule: str = "ganin"
+    # The final domain classifier reads x^_i / |x^_i|. Our stabilisation, not the paper's:
+    # on raw features the reversed gradient of a linear logistic classifier grows |x^_i|
+    # without bound (L_d is linear in the feature scale), which diverged on the synthetic set
+    # even with the Ganin ramp (NaN at step 65). The Block4 classifier reads the raw GAP.
+    normalize_final: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +270,11 @@ def _linear(features, head):
     return logits + head["bias"] if "bias" in head else logits
 
 
+def _unit(x):
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
 def _rows(rng, num_classes: int, dim: int, bias: bool) -> dict:
     head = {"weight": 0.01 * jax.random.normal(rng, (num_classes, dim), jnp.float32)}
     if bias:
@@ -303,7 +330,8 @@ def top_loss_terms(model, params, model_state, batch, loss_cfg: TopLossConfig, r
         mid = lambda x: clf.apply({"params": params["domain"]["mid"]}, x)  # noqa: E731
         final = lambda x: clf.apply({"params": params["domain"]["final"]}, x)  # noqa: E731
         lam = loss_cfg.reversal_scale if reversal_scale is None else reversal_scale
-        for i, (x, f, d) in enumerate(((x1, f1, COLOUR_DOMAIN), (x2, f2, TEXTURE_DOMAIN)), 1):
+        g1, g2 = (_unit(f1), _unit(f2)) if loss_cfg.normalize_final else (f1, f2)
+        for i, (x, f, d) in enumerate(((x1, g1, COLOUR_DOMAIN), (x2, g2, TEXTURE_DOMAIN)), 1):
             fd = fake_domain_loss(mid, final, x, f, d, reversal_scale=lam)
             self_domain = logistic_domain_loss(mid(x), d)
             metrics[f"loss/fd{i}"] = fd
@@ -311,7 +339,7 @@ def top_loss_terms(model, params, model_state, batch, loss_cfg: TopLossConfig, r
             metrics[f"_fd{i}_final"] = fd - self_domain  # L_d(GRL(x^_i), d_i)
             loss = loss + fd
         # How well each classifier tells the fake domains apart (Block4: high; final: ~0.5).
-        for name, fn, a, b in (("block4", mid, x1, x2), ("final", final, f1, f2)):
+        for name, fn, a, b in (("block4", mid, x1, x2), ("final", final, g1, g2)):
             metrics[f"domain_accuracy/{name}"] = 0.5 * (
                 jnp.mean(fn(a) < 0) + jnp.mean(fn(b) > 0)
             )
@@ -342,6 +370,9 @@ class TopTask:
         if cfg.loss.identity not in IDENTITY_LOSSES:
             raise ConfigError(f"loss.identity must be one of {IDENTITY_LOSSES}, got "
                               f"{cfg.loss.identity!r}")
+        if cfg.loss.reversal_schedule not in REVERSAL_SCHEDULES:
+            raise ConfigError(f"loss.reversal_schedule must be one of {REVERSAL_SCHEDULES}, "
+                              f"got {cfg.loss.reversal_schedule!r}")
         off = augment_lib.AugmentConfig(hflip=False)
         if cfg.input.augment != off:
             raise ConfigError(
@@ -380,14 +411,19 @@ class TopTask:
             }
         optimizers = _main_optimizer(cfg, schedule, params)
         model_state = {"batch_stats": variables["batch_stats"]}
-        state = state_lib.create_state(params, model_state, optimizers, rng_train, {})
+        # extra["step"]: the step count the GRL schedule reads (checkpointed with the state).
+        extra = {"step": jnp.zeros((), jnp.int32)}
+        state = state_lib.create_state(params, model_state, optimizers, rng_train, extra)
         loss_cfg = cfg.loss
 
         def loss_fn(params, model_state, extra, batches, rng):
+            lam = reversal_lambda(loss_cfg, extra["step"], total)
             loss, metrics, new_ms = top_loss_terms(
-                model, params, model_state, batches["train"], loss_cfg, rng
+                model, params, model_state, batches["train"], loss_cfg, rng, reversal_scale=lam
             )
-            return loss, (metrics, new_ms, extra)
+            if loss_cfg.fake_domain:
+                metrics["grl_lambda"] = lam
+            return loss, (metrics, new_ms, {"step": extra["step"] + 1})
 
         return TaskSetup(
             inputs={"train": train_input},
