@@ -12,13 +12,27 @@ x^_i the final (Block7, 1280-d pooled) feature of path i:
 
 (`hfrjax.losses.domain_conflict`): one logistic domain classifier on the GAP of the Block4
 maps, one on the final features behind the gradient reversal layer; everything trains with
-one optimizer, the GRL turning the final classifier's objective around for Block5-7. Two
-choices the paper leaves open (`TopLossConfig`): the GRL's lambda follows Ganin's ramp
-2 / (1 + exp(-10 p)) - 1 (the cited GRL's schedule), and the final classifier reads unit-norm
-features (raw ones diverged: the reversed gradient inflates their scale). Table
-3's ablations: ``loss.identity = "id"`` (No. 2-3: an identity loss with a classifier per path
-instead of the shared one; our reading of "L_id"), ``loss.fake_domain`` off (No. 2-4),
-``augment.generic`` / ``augment.colour_texture`` (the G and C+T columns).
+one optimizer, the GRL turning the final classifier's objective around for Block5-7.
+
+Stabilising the GRL (ours, not the paper's; `TopLossConfig`). §3.2 gives the GRL of its
+ref. [10] (Ganin & Lempitsky, ICML 2015) but neither its lambda nor any normalisation, and
+the literal form diverged on the synthetic set: L_d is a linear logistic classifier, so
+behind the reversal the cheapest way for Block5-7 to confuse it is to grow |x^_i|, which
+drives the logits and the BCE to inf. Two choices fix it:
+  - ``reversal_schedule = "ganin"``: lambda_p = reversal_scale * (2 / (1 + exp(-10 p)) - 1),
+    p the training progress in [0, 1] (the ramp of the cited GRL paper), instead of
+    lambda = 1 from the first step (``"constant"``, which diverged). The step count lives
+    in the state's ``extra["step"]``, so a resumed run continues the ramp exactly.
+  - ``normalize_final = True``: the final domain classifier reads x^_i / |x^_i|, so the
+    reversed gradient cannot pay off by scaling the features (with raw features the run
+    still reached NaN at step 65 even with the ramp). The Block4 classifier (the
+    self-domain term, no reversal) reads the raw GAP as in Eq. 1-2.
+Setting ``reversal_schedule="constant"`` and ``normalize_final=False`` gives the paper's
+literal loss.
+
+Table 3's ablations: ``loss.identity = "id"`` (No. 2-3: an identity loss with a classifier
+per path instead of the shared one; our reading of "L_id"), ``loss.fake_domain`` off
+(No. 2-4), ``augment.generic`` / ``augment.colour_texture`` (the G and C+T columns).
 
 ``toplight_vi`` — VI training (§3.3-3.4, Step 3), started from a TOP run through the uniform
 soup (Step 2: `network.initial_network_variables` averages the paths' Block2-4 and keeps
