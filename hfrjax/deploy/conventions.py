@@ -122,3 +122,22 @@ def infer_convention(
     has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
     has_mul = any(n.startswith(("Mul", "_mul")) for n in names)
     return InputConvention(channels, size, RAW if has_sub and has_mul else INSIGHTFACE)
+
+
+def insightface_task(num_inputs: int, num_outputs: int, height: int, width: int) -> str | None:
+    """The model class ``insightface.model_zoo.get_model(path)`` picks for an ONNX file from
+    its interface alone (``ModelRouter`` in insightface 0.7.3 through 2.1): five or more
+    outputs -> detection (SCRFD), a 192x192 input -> landmarks, 96x96 -> attributes, two
+    inputs at 128x128 -> face swapper, any other square input of at least 112 pixels and a
+    multiple of 16 -> recognition (``ArcFaceONNX``); anything else -> None (not loaded)."""
+    if num_outputs >= 5:
+        return "detection"
+    if (height, width) == (192, 192):
+        return "landmark"
+    if (height, width) == (96, 96):
+        return "genderage"
+    if num_inputs == 2 and (height, width) == (128, 128):
+        return "inswapper"
+    if height == width and height >= 112 and height % 16 == 0:
+        return "recognition"
+    return None

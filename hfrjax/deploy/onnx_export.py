@@ -12,7 +12,10 @@ few clean-ups of the converted graph:
 * the IR version is lowered to the minimum the opset needs, so older runtimes load the file;
 * no node among the first eight is named ``Sub*``/``Mul*``: ``insightface``'s
   ``ArcFaceONNX`` takes such a graph for an MXNet model that normalises inside the graph
-  and would feed it raw pixels.
+  and would feed it raw pixels (LightCNN graphs start with a Mul and a Sub: [0, 1] -> [-1, 1]).
+
+A file whose input ``insightface.model_zoo.get_model`` would not route to its recognition
+class (`conventions.insightface_task`: e.g. a 32-pixel input) is exported with a warning.
 
 Requires ``pip install jax2onnx onnx onnxruntime`` (the ``onnx`` / ``dev`` extras).
 """
@@ -28,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hfrjax.deploy.conventions import METADATA_KEY
+from hfrjax.deploy.conventions import METADATA_KEY, insightface_task
 from hfrjax.deploy.flax_source import FlaxSource
 
 OPSETS = (13, 17, 18, 21)
@@ -178,9 +181,7 @@ def _rename_sniffed_nodes(graph) -> None:
             node.name = f"hfrjax_{node.op_type}_{i}"
 
 
-def convert(
-    source: FlaxSource, *, opset: int | None = None, info_extra: dict | None = None
-) -> Any:
+def convert(source: FlaxSource, *, opset: int | None = None, info_extra: dict | None = None) -> Any:
     """The ``onnx.ModelProto`` of ``source`` (see the module docstring for the contract), at
     ``opset`` or, when None, at the first of `OPSETS` the graph validates against."""
     if opset is not None:
@@ -237,6 +238,17 @@ def _convert_at(source: FlaxSource, opset: int, info_extra: dict | None) -> Any:
     except Exception as e:
         raise OnnxExportError(f"the converted graph of {source.name!r} is invalid: {e}") from e
     _check_interface(proto, conv.channels, conv.size, info["output"]["embedding_dim"])
+    task = insightface_task(1, 1, conv.size, conv.size)
+    if task != "recognition":
+        logging.getLogger(__name__).warning(
+            "%s takes %dx%d input: insightface's model_zoo.get_model would load it as %s, "
+            "not as a recognition model (it wants a square input of at least 112 pixels, a "
+            "multiple of 16); onnxruntime and `hfrjax embed` run it as usual",
+            source.name,
+            conv.size,
+            conv.size,
+            task or "nothing",
+        )
     return proto
 
 
