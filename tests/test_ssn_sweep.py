@@ -80,7 +80,7 @@ def test_table7_plan_is_the_papers_rows_on_maskbottom_probes(tmp_path):
         for k in (1, 2):
             c = stages[f"fold{k}"].config
             _, _, task_cfg = parse_config(c)
-            assert c.eval_occlusion == "maskBottom" and list(c.eval.folds) == [k]
+            assert c.eval.occlusion == "maskBottom" and list(c.eval.folds) == [k]
             assert task_cfg.input.fold == k and c.init_from == str(stages["pretrain"].workdir)
             modes[cell] = (task_cfg.mode, c.total_steps)
     assert modes == {

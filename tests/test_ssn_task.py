@@ -12,12 +12,11 @@ import pytest
 from conftest import write_tiny_dataset
 from PIL import Image
 
-from hfrjax.data import occlusion as occlusion_lib
 from hfrjax.data.dataset import Dataset
 from hfrjax.recipes.ssn import search
 from hfrjax.recipes.ssn.masks_plot import main as masks_main
 from hfrjax.recipes.ssn.masks_plot import mask_maps, write_mask_pictures
-from hfrjax.recipes.ssn.task import build_inputs, occlude_nir
+from hfrjax.recipes.ssn.task import build_inputs
 from hfrjax.tasks import default_config, parse_config
 from hfrjax.train import checkpoint as ckpt_lib
 from hfrjax.train import reporting, trainer
@@ -271,16 +270,15 @@ def test_embedder_gates_each_image_with_its_own_modalitys_masks(afs_run):
     )
 
 
-def test_eval_occlusion_blacks_out_nir_probes_only():
-    imgs = np.random.default_rng(0).integers(1, 256, (4, 32, 32, 1), dtype=np.uint8)
-    mod = np.array([0, 1, 0, 1])
-    for kind in occlusion_lib.OCCLUSIONS:
-        got = np.asarray(occlude_nir(jnp.asarray(imgs), jnp.asarray(mod), kind))
-        want = imgs.copy()
-        want[mod == 1] = occlusion_lib.apply_occlusion(imgs[mod == 1], kind)
-        np.testing.assert_array_equal(got, want)
-        assert (got != imgs).any()
-    assert occlude_nir(imgs, mod, "none") is imgs
+def test_eval_occlusion_is_the_loops_and_reaches_the_protocol():
+    """The configs' ``eval_occlusion`` argument sets the core's ``eval.occlusion`` (the
+    protocol occludes the probes and records it in eval.json); the embedder itself does not
+    occlude, so an exported SSN model sees what it is given."""
+    from hfrjax.recipes.ssn.configs import ssn_config
+
+    c = ssn_config("afs", scale="test", eval_occlusion="maskBottom")
+    assert c.eval.occlusion == "maskBottom"
+    assert "eval_occlusion" not in c
 
 
 @pytest.mark.slow
@@ -418,5 +416,5 @@ def test_resume_mid_search_and_mid_train_gives_identical_losses(data, afs_run, t
 def test_bad_config_values_are_named(data, tmp_path):
     with pytest.raises(ValueError, match="mode must be one of"):
         trainer.train(tiny_config(data, mode="nas"), str(tmp_path / "a"))
-    with pytest.raises(ValueError, match="eval_occlusion must be"):
-        trainer.train(tiny_config(data, eval_occlusion="maskLeft"), str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="occlusion must be one of"):
+        trainer.train(tiny_config(data, **{"eval.occlusion": "maskLeft"}), str(tmp_path / "b"))

@@ -68,6 +68,16 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
+    def best_step(self) -> int | None:
+        """The kept step with the best ``best_metric`` (None without one or before any)."""
+        return self._mngr.best_step()
+
+    def delete(self, step: int) -> None:
+        """Removes ``step`` (to rewrite it: the final state of a run that changes it after
+        its last in-loop save, see `hfrjax.train.trainer`)."""
+        self._mngr.wait_until_finished()
+        self._mngr.delete(step)
+
     def latest_readable_step(self, say=logging.warning) -> int | None:
         """The newest step whose metadata and state metadata can be read.
 

@@ -1,5 +1,6 @@
-"""The loop's evaluations: a dataset's HFR protocol (``eval.json``) and InsightFace
-verification packs (``verification.json``), through the task's embedder."""
+"""The loop's evaluations: a dataset's HFR protocol, the task's own evaluations
+(`TaskSetup.evaluators`: re-id on a benchmark, a hold-out set, a validation split), merged into
+one ``eval.json``; and InsightFace verification packs (``verification.json``)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,63 @@ from hfrjax.eval.embedding import MeshEmbedder
 from hfrjax.fileio import write_text_atomic
 
 
-def evaluate(eval_cfg, setup, state, mesh, step: int, writer, workdir: Path, say) -> dict | None:
-    """Runs what ``eval_cfg`` asks for; returns the protocol results (or None)."""
+def _as_folds(result: dict) -> dict:
+    """A task evaluation's result as a protocol-shaped one: ``{"folds": [{"fold", "metrics"}],
+    ...}`` as returned, or a flat ``{metric: value}`` as one fold-less entry."""
+    if "folds" in result:
+        return result
+    flat = {k: float(v) for k, v in result.items() if np.ndim(v) == 0 and not isinstance(v, str)}
+    return {"folds": [{"fold": None, "metrics": flat}], "metrics": list(flat)}
+
+
+def merge_results(protocol: dict | None, tasks: dict[str, dict]) -> dict | None:
+    """One result from the protocol's and the task evaluations' (``tasks``: name -> result).
+
+    Each task result's per-fold metrics join the protocol's folds as ``<name>/<metric>``, folds
+    matched by number, so that means and stds (and a sweep's pooling over folds) see them all.
+    A task result over other folds (a fold-less hold-out beside a 10-fold protocol) cannot be
+    matched: its mean and std are added to the merged ``mean`` / ``std`` only. Each task's
+    whole result is kept under ``tasks``."""
+    if not tasks:
+        return protocol
+    from hfrjax.eval import metrics
+
+    tasks = {name: _as_folds(r) for name, r in tasks.items()}
+    if protocol is None:
+        first = next(iter(tasks.values()))
+        protocol = {
+            "metrics": [],
+            "folds": [{"fold": f["fold"], "metrics": {}} for f in first["folds"]],
+        }
+    merged = dict(protocol, folds=[dict(f, metrics=dict(f["metrics"])) for f in protocol["folds"]])
+    names = list(merged.get("metrics") or list(merged["folds"][0]["metrics"]))
+    by_fold = {f["fold"]: f for f in merged["folds"]}
+    unmatched = {}
+    for name, res in tasks.items():
+        got = {f["fold"]: f["metrics"] for f in res["folds"]}
+        if set(got) == set(by_fold):
+            for k, fold in by_fold.items():
+                fold["metrics"].update({f"{name}/{n}": float(v) for n, v in got[k].items()})
+            names += [f"{name}/{n}" for n in next(iter(got.values()))]
+        else:
+            mean, std = metrics.aggregate(list(got.values()))
+            unmatched.update({f"{name}/{n}": (mean[n], std[n]) for n in mean})
+    merged["metrics"] = names
+    merged["mean"], merged["std"] = metrics.aggregate([f["metrics"] for f in merged["folds"]])
+    for n, (m, sd) in unmatched.items():
+        merged["mean"][n], merged["std"][n] = m, sd
+    merged["tasks"] = tasks
+    return merged
+
+
+def evaluate(
+    eval_cfg, setup, state, mesh, step: int, writer, workdir: Path, say, hook_ctx=None
+) -> dict | None:
+    """Runs what ``eval_cfg`` and the task's evaluators ask for; returns the merged protocol +
+    task results (or None when there is neither)."""
     packs = list(eval_cfg.verification_packs or ())
-    if not (eval_cfg.data_dir or packs):
+    evaluators = dict(getattr(setup, "evaluators", None) or {})
+    if not (eval_cfg.data_dir or packs or evaluators):
         return None
     embed_fn = MeshEmbedder(setup.embed, state.params, state.model_state, mesh)
     image_size = setup.eval_input.get("image_size")
@@ -37,10 +91,24 @@ def evaluate(eval_cfg, setup, state, mesh, step: int, writer, workdir: Path, say
             image_size=image_size,
             channels=channels,
             flip_fuse=eval_cfg.flip,
+            direction=eval_cfg.direction,
+            occlusion=eval_cfg.occlusion,
+            tar_method=eval_cfg.tar_method,
+            ranks=tuple(eval_cfg.ranks),
+            gallery_mode=eval_cfg.gallery_mode,
         )
+    if evaluators:
+        task_results = {}
+        for name, fn in evaluators.items():
+            t_task = time.perf_counter()
+            task_results[name] = fn(hook_ctx, state, step)
+            say(f"eval {name} at step {step}: {time.perf_counter() - t_task:.1f} s")
+        results = merge_results(results, task_results)
+    if results is not None:
         results["step"] = step
         if jax.process_index() == 0:
-            write_text_atomic(workdir / "eval.json", json.dumps(results, indent=1) + "\n")
+            text = json.dumps(results, indent=1, default=float) + "\n"
+            write_text_atomic(workdir / "eval.json", text)
         flat.update({f"eval/{k}": v for k, v in results["mean"].items()})
     if packs:
         from hfrjax.eval.verification import evaluate_pack

@@ -31,10 +31,10 @@ class ScheduleConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(Section):
-    """SGD decay is coupled (added to the gradient, as torch.optim.SGD and arcface_torch);
-    AdamW's is decoupled."""
+    """SGD's and RMSProp's decay is coupled (added to the gradient, as torch.optim.SGD /
+    RMSprop and arcface_torch do); AdamW's is decoupled."""
 
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adamw | rmsprop
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
@@ -43,6 +43,10 @@ class OptimizerConfig(Section):
     accumulate_steps: int = 1  # k > 1: one update per k batches with the mean gradient.
     b1: float = 0.9  # adamw
     b2: float = 0.999  # adamw
+    eps: float = 1e-8  # adamw, rmsprop
+    rms_decay: float = 0.99  # rmsprop: torch.optim.RMSprop's alpha (CSAN §IV-C trains with it)
+    rms_momentum: float = 0.0  # rmsprop
+    eps_in_sqrt: bool = False  # rmsprop: False divides by sqrt(v) + eps, as PyTorch does.
 
 
 def make_schedule(cfg: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -93,9 +97,10 @@ def _decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
 def make_optimizer(
     cfg: Any, schedule: optax.Schedule, frozen: Sequence[str] = ()
 ) -> optax.GradientTransformation:
-    """``cfg``: {name: sgd|adamw, momentum, nesterov, weight_decay, decay_bn_and_bias,
-    clip_norm (0 = off), accumulate_steps (k > 1: optax.MultiSteps)}. SGD decay is coupled (added to the gradient, as torch.optim.SGD and
-    arcface_torch); AdamW's is decoupled. ``frozen`` path prefixes get exactly zero updates."""
+    """``cfg``: an `OptimizerConfig` (name sgd | adamw | rmsprop, ...; ``accumulate_steps``
+    k > 1 wraps it in optax.MultiSteps). SGD's and RMSProp's decay is coupled (added to the
+    gradient, as torch.optim does); AdamW's is decoupled. ``frozen`` path prefixes get exactly
+    zero updates."""
     cfg = OptimizerConfig.from_config(cfg, "optimizer").to_dict()
     name = cfg["name"]
     wd = float(cfg["weight_decay"])
@@ -120,12 +125,25 @@ def make_optimizer(
                 schedule,
                 b1=float(cfg["b1"]),
                 b2=float(cfg["b2"]),
+                eps=float(cfg["eps"]),
                 weight_decay=wd,
                 mask=mask,
             )
         )
+    elif name == "rmsprop":
+        if wd:
+            parts.append(optax.add_decayed_weights(wd, mask))
+        parts.append(
+            optax.rmsprop(
+                schedule,
+                decay=float(cfg["rms_decay"]),
+                eps=float(cfg["eps"]),
+                eps_in_sqrt=bool(cfg["eps_in_sqrt"]),
+                momentum=float(cfg["rms_momentum"]) or None,
+            )
+        )
     else:
-        raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
+        raise ValueError(f"unknown optimizer {name!r}; use sgd, adamw or rmsprop")
     tx = optax.chain(*parts)
     tx = freeze(tx, list(frozen)) if frozen else tx
     k = int(cfg["accumulate_steps"] or 1)

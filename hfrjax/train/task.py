@@ -18,7 +18,10 @@ checkpoint will be restored), ``task.setup`` returns a `TaskSetup` with
                  statistics, weight averaging); they return a new state, so what they compute
                  is checkpointed with it;
 * ``embed``      ``embed(params, model_state, images, modality) -> embeddings``: what
-                 evaluation and export use.
+                 evaluation and export use;
+* ``evaluators`` task-specific evaluations (re-id, a hold-out set, a validation split), run
+                 with the loop's and merged into ``eval.json``; ``final`` hooks end training
+                 (best parameters back, soups), and ``ctx.stop(reason)`` stops it early.
 
 The loop owns everything else: jit with shardings and donation, the NaN guard, progress and
 metric logs, checkpoints and exact resume, pre-emption, evaluation and export.
@@ -78,11 +81,17 @@ class Hook:
 
     A hook must be a deterministic function of the state (use ``state.rng`` for randomness):
     a run resumed from a checkpoint at ``s`` runs the hooks due at ``s`` again.
+
+    ``final=True``: run once at the end of training instead (after the last step, or where
+    training stopped early; ``due`` is ignored), before the final save, so the saved and
+    exported state hold its result (averaging weights, putting the best parameters back).
+    A hook ends training at its boundary with ``ctx.stop(reason)``.
     """
 
     name: str
     due: Callable[[int], bool]
     fn: Callable[["HookContext", TrainState], TrainState]
+    final: bool = False
 
 
 @dataclasses.dataclass
@@ -101,6 +110,13 @@ class HookContext:
     workdir: str
     setup: "TaskSetup"
     say: Callable[[str], None]
+    stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Ends training at this boundary (early stopping): the final hooks run, the state is
+        saved as final (a rerun does not train on), then the final evaluation."""
+        self.say(f"training stops at this boundary: {reason}")
+        self.stop_reason = reason
 
     def embedder(self, state: TrainState, *, train_bn: bool = False):
         """A host function ``(images, modality=None) -> L2-normalised embeddings``."""
@@ -172,6 +188,16 @@ class TaskSetup:
     meta: dict = dataclasses.field(default_factory=dict)  # JSON kept with each checkpoint.
     describe: str = ""  # One line for the start-of-training message.
     eval_input: dict = dataclasses.field(default_factory=dict)  # {image_size, channels}.
+    # Task-specific evaluations run with each loop evaluation (periodic and final):
+    # ``fn(hook_ctx, state, step) -> result``, a flat {metric: value} or a protocol-shaped
+    # {"folds": [{"fold", "metrics"}], ...}; merged into eval.json as "<name>/<metric>"
+    # (`hfrjax.train.evaluation.merge_results`), where sweeps, best_metric and patience see it.
+    evaluators: dict[str, Callable[["HookContext", TrainState, int], dict]] = dataclasses.field(
+        default_factory=dict
+    )
+    # ``on_restore(state)`` after a checkpoint is restored: hands host-side copies of restored
+    # state (a hard-example list an input samples from) back to where they are used.
+    on_restore: Callable[[TrainState], None] | None = None
 
 
 class Task(Protocol):

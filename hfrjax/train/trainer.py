@@ -46,16 +46,49 @@ class MeshConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Section):
-    """Evaluation during and after training (``hfrjax.eval``)."""
+    """Evaluation during and after training (``hfrjax.eval``), and early stopping on it."""
 
     data_dir: str = ""  # A dataset with a protocol (protocols/): k-fold HFR evaluation.
     folds: tuple[int, ...] | None = None  # None: all folds.
     every_epochs: float = 0.0  # 0: only at the end.
     batch_size: int = 128
-    best_metric: str = ""  # e.g. "rank1": also keep the best checkpoint by this metric.
+    # Probe -> gallery roles: "probe->gallery" (the protocol's own), "gallery->probe", or by
+    # modality name ("nir->vis", "vis->thermal", ...).
+    direction: str = "probe->gallery"
+    occlusion: str = "none"  # none | maskTop | maskBottom: probe images only (SSN §IV).
+    tar_method: str = "nearest"
+    ranks: tuple[int, ...] = (1,)
+    gallery_mode: str = "images"  # images | template (one fused template per identity).
     fars: tuple[float, ...] = (1e-3, 1e-2)
     flip: bool = False  # Fuse each image's embedding with its mirror's.
     verification_packs: tuple[str, ...] = ()  # InsightFace .bin packs (lfw.bin, ...).
+    # Best checkpoint and early stopping, on a metric of the merged evaluation (e.g. "Rank-1",
+    # or a task evaluator's "val/rank1"); the periodic evaluations (every_epochs) feed them.
+    best_metric: str = ""  # Also keep the best checkpoint by this metric.
+    best_mode: str = "max"  # max | min
+    patience: int = 0  # > 0: stop after this many evaluations without a better best_metric.
+    restore_best: bool = False  # End training with the best checkpoint's parameters.
+
+    def __post_init__(self):
+        from hfrjax.data.occlusion import OCCLUSIONS
+        from hfrjax.eval.metrics import TAR_METHODS
+
+        if self.occlusion not in ("none", *OCCLUSIONS):
+            raise ValueError(
+                f"occlusion must be one of {('none', *OCCLUSIONS)}, got {self.occlusion!r}"
+            )
+        if self.tar_method not in TAR_METHODS:
+            raise ValueError(f"tar_method must be one of {TAR_METHODS}, got {self.tar_method!r}")
+        if "->" not in self.direction:
+            raise ValueError(
+                f"direction must look like 'probe->gallery' or 'nir->vis', got {self.direction!r}"
+            )
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {self.best_mode!r}")
+        if (self.patience or self.restore_best) and not self.best_metric:
+            raise ValueError("patience and restore_best need best_metric (the metric to watch)")
+        if self.patience and not self.every_epochs:
+            raise ValueError("patience needs periodic evaluations: set every_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +163,7 @@ def _train(task, loop_cfg: LoopConfig, task_cfg, config, workdir: Path) -> Train
         workdir / "checkpoints",
         keep=loop_cfg.keep_checkpoints,
         best_metric=loop_cfg.eval.best_metric or None,
+        best_mode=loop_cfg.eval.best_mode,
     )
     inputs = None
     writer = None
@@ -157,13 +191,16 @@ def _train(task, loop_cfg: LoopConfig, task_cfg, config, workdir: Path) -> Train
         }
         if loop_cfg.eval.data_dir:  # Lets launch/evaluate.py --workdir find the protocol.
             meta["eval"] = {"data_dir": loop_cfg.eval.data_dir, "folds": loop_cfg.eval.folds}
+        restored_meta: dict = {}
         if start is not None:
-            state, _ = ckpt.restore(start, state, inputs)
+            state, restored_meta = ckpt.restore(start, state, inputs)
+            if setup.on_restore is not None:
+                setup.on_restore(state)
         writer = reporting.MetricWriter(
             workdir, tensorboard=loop_cfg.tensorboard, resume_step=start or 0
         )
         runner = _Runner(task, loop_cfg, setup, mesh, ckpt, inputs, writer, workdir, meta, sharding)
-        return runner.run(state, start)
+        return runner.run(state, start, restored_meta)
     finally:
         if inputs is not None:
             inputs.close()
@@ -198,13 +235,26 @@ class _Runner:
             )
         return {k: float(v) for k, v in m.items() if k != "finite" and np.ndim(v) == 0}
 
-    def _save(self, step: int, state, *, force=False, metrics=None) -> None:
+    def _save(self, step: int, state, *, force=False, metrics=None, best=None, finished=None):
         self.ckpt.check_for_errors()
-        self.ckpt.save(step, state, self.inputs, meta=self.meta, metrics=metrics, force=force)
+        meta = dict(self.meta)
+        if best is not None and best.metric:
+            meta["best"] = best.to_json()
+        if finished is not None:
+            meta["finished"] = finished
+        self.ckpt.save(step, state, self.inputs, meta=meta, metrics=metrics, force=force)
 
     def _evaluate(self, state, step: int) -> dict | None:
         return evaluation.evaluate(
-            self.cfg.eval, self.setup, state, self.mesh, step, self.writer, self.workdir, say
+            self.cfg.eval,
+            self.setup,
+            state,
+            self.mesh,
+            step,
+            self.writer,
+            self.workdir,
+            say,
+            hook_ctx=self.hook_ctx,
         )
 
     def _done(self) -> dict | None:
@@ -219,11 +269,38 @@ class _Runner:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, state, start: int | None) -> TrainResult:
+    def _final_state(self, state, step: int, stopper: "_BestTracker"):
+        """The end of training: the best checkpoint's parameters when asked, then the
+        task's final hooks (boundary ``step``), in that order. Returns (state, changed)."""
+        changed = False
+        if (
+            self.cfg.eval.restore_best
+            and stopper.best_step is not None
+            and stopper.best_step != step
+        ):
+            best, _ = self.ckpt.restore(stopper.best_step, state)
+            say(
+                f"restoring the best checkpoint (step {stopper.best_step}, "
+                f"{self.cfg.eval.best_metric} {stopper.best:.4f}) as the final state"
+            )
+            state, changed = _place(best.replace(step=state.step), self.sharding), True
+        for hook in self.setup.hooks:
+            if hook.final:
+                changed = True
+                t = time.perf_counter()
+                state = _place(hook.fn(self.hook_ctx, state), self.sharding)
+                logging.info(
+                    "final hook %s at step %d: %.1f s", hook.name, step, time.perf_counter() - t
+                )
+        return state, changed
+
+    def run(self, state, start: int | None, restored_meta: dict | None = None) -> TrainResult:
         setup, total = self.setup, self.setup.total_steps
+        restored_meta = restored_meta or {}
         step = int(jax.device_get(state.step))
+        finished = restored_meta.get("finished")  # Set by the save after the final hooks.
         done = self._done()
-        if start is not None and step >= total and done and done.get("step") == step:
+        if start is not None and done and done.get("step") == step and (step >= total or finished):
             say(f"{self.workdir} is complete (step {step}); nothing to do")
             evals = done.get("eval")
             return TrainResult(state, setup, self.mesh, {}, evals, start)
@@ -234,17 +311,26 @@ class _Runner:
             + (f", resumed at step {start}" if start is not None else "")
         )
         eval_every = int(round(self.cfg.eval.every_epochs * setup.steps_per_epoch))
+        tracker = _BestTracker(self.cfg.eval, restored_meta.get("best"))
         progress = reporting.Progress(total, setup.images_per_step, step)
         pending, last, eval_results = None, {}, None
+        stopped = (finished or {}).get("stopped")
         with ckpt_lib.PreemptionGuard() as guard:
-            while step < total:
+            while not finished and step < total:
                 for hook in setup.hooks:
-                    if hook.due(step):
+                    if not hook.final and hook.due(step):
                         if pending is not None:
                             last, pending = self._check(pending), None
                         t = time.perf_counter()
                         state = _place(hook.fn(self.hook_ctx, state), self.sharding)
-                        logging.info("hook %s at step %d: %.1f s", hook.name, step, time.perf_counter() - t)
+                        logging.info(
+                            "hook %s at step %d: %.1f s", hook.name, step, time.perf_counter() - t
+                        )
+                        if self.hook_ctx.stop_reason:
+                            break
+                if self.hook_ctx.stop_reason:  # A hook ended training at this boundary.
+                    stopped = self.hook_ctx.stop_reason
+                    break
                 name = setup.plan(step)
                 spec = setup.steps[name]
                 batches = self.inputs.next_for(spec.inputs)
@@ -264,12 +350,16 @@ class _Runner:
                         last, pending = self._check(pending), None
                     eval_results = self._evaluate(state, step)
                     evaluated = eval_results and dict(eval_results["mean"])
-                stop = guard.should_stop(step)
+                    stopped = tracker.update(step, evaluated)
+                    if stopped:
+                        say(stopped)
+                        break  # The final save below holds this step (its metrics included).
+                stop = step < total and guard.should_stop(step)  # At the end: asked below.
                 ckpt_due = step % self.cfg.checkpoint_every == 0 and step < total
-                if stop or ckpt_due or (evaluated and self.cfg.eval.best_metric):
+                if step < total and (stop or ckpt_due or (evaluated and self.cfg.eval.best_metric)):
                     if pending is not None:  # Never save a state we have not checked.
                         last, pending = self._check(pending), None
-                    self._save(step, state, force=True, metrics=evaluated)
+                    self._save(step, state, force=True, metrics=evaluated, best=tracker)
                 if stop:
                     self.ckpt.wait()
                     raise Preempted(f"pre-empted: saved step {step} to {self.ckpt.directory}")
@@ -277,16 +367,86 @@ class _Runner:
                 last, pending = self._check(pending), None
             if tfrecord.CORRUPTION_STATS.total:
                 logging.warning("input: %s", tfrecord.CORRUPTION_STATS.report())
-            # Save first: an evaluation failure (a missing pack, a SIGTERM) loses nothing.
-            if self.ckpt.latest_step() != step:
-                self._save(step, state, force=True)
+            if not finished:
+                # Save first: an evaluation failure (a missing pack, a SIGTERM) loses nothing.
+                state, changed = self._final_state(state, step, tracker)
+                saved = self.ckpt.latest_step() == step
+                if saved and (changed or stopped):  # Saved in the loop, before the end.
+                    self.ckpt.delete(step)
+                if not saved or changed or stopped:
+                    record = {
+                        "final_hooks": True,
+                        "stopped": stopped,
+                        "restored_best": (
+                            tracker.best_step if self.cfg.eval.restore_best else None
+                        ),
+                    }
+                    self._save(
+                        step,
+                        state,
+                        force=True,
+                        best=tracker,
+                        finished=record,
+                        metrics=tracker.metrics_at(step),
+                    )
             self.ckpt.wait()
+            if guard.should_stop(step):
+                raise Preempted(
+                    f"pre-empted: saved step {step} (the last) to {self.ckpt.directory}; "
+                    "a rerun evaluates"
+                )
             guard.raise_on_signal = True  # From here a SIGTERM stops at once; all is saved.
             eval_results = self._evaluate(state, step)
         if jax.process_index() == 0:
             record = {"step": step, "eval": eval_results and eval_results.get("mean")}
+            if stopped:
+                record["stopped"] = stopped
             write_text_atomic(self.workdir / DONE_FILE, json.dumps(record, default=float) + "\n")
         return TrainResult(state, setup, self.mesh, last, eval_results, start)
+
+
+class _BestTracker:
+    """The best value of ``eval.best_metric`` so far and the evaluations since it improved;
+    kept in each checkpoint's metadata, so early stopping resumes exactly."""
+
+    def __init__(self, cfg: EvalConfig, saved: dict | None):
+        self.metric, self.mode, self.patience = cfg.best_metric, cfg.best_mode, cfg.patience
+        saved = saved or {}
+        self.best = saved.get("best")
+        self.best_step = saved.get("best_step")
+        self.bad = int(saved.get("bad", 0))
+        self._last: tuple[int, dict] | None = None
+
+    def update(self, step: int, evaluated: dict | None) -> str | None:
+        """Records an evaluation; returns the early-stop message when patience ran out."""
+        if not self.metric or not evaluated:
+            return None
+        if self.metric not in evaluated:
+            raise KeyError(
+                f"eval.best_metric {self.metric!r} is not among the evaluation's metrics "
+                f"{sorted(evaluated)}"
+            )
+        value = float(evaluated[self.metric])
+        self._last = (step, evaluated)
+        better = self.best is None or (
+            value > self.best if self.mode == "max" else value < self.best
+        )
+        if better:
+            self.best, self.best_step, self.bad = value, step, 0
+            return None
+        self.bad += 1
+        if self.patience and self.bad >= self.patience:
+            return (
+                f"early stop at step {step}: {self.metric} {value:.4f}, no better than "
+                f"{self.best:.4f} (step {self.best_step}) for {self.bad} evaluations"
+            )
+        return None
+
+    def metrics_at(self, step: int) -> dict | None:
+        return self._last[1] if self._last and self._last[0] == step else None
+
+    def to_json(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
 
 
 def _jsonable(x: Any) -> Any:

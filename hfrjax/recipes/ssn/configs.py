@@ -162,7 +162,7 @@ def ssn_config(
         optimizer=dict(s["optimizer"]),
         num_epochs=float(s["epochs"]),
         init_from=init_from,
-        eval_occlusion=eval_occlusion,
+        eval={"occlusion": eval_occlusion},
     )
     if "steps" in s:
         c.total_steps = s["steps"]
@@ -268,7 +268,7 @@ def table7_sweep(
                 "init_from": init,
                 "eval.data_dir": train_dir,
                 "eval.folds": [k],
-                "eval_occlusion": "maskBottom",
+                "eval.occlusion": "maskBottom",
             }
             if mode is None:  # The starting LightCNN, evaluated as it is.
                 overrides.update({"num_epochs": 0.0, "total_steps": 0})

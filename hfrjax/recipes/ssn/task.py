@@ -35,10 +35,11 @@ indicators, as ``{"masks": {...}}`` so that network + masks is the model's param
 
 Partial faces: ``input.augment.occlude_p`` masks a random rectangle of NIR training images
 (SSN §IV-B). Evaluation: the embedder gates each image with its own modality's indicators;
-``eval_occlusion`` ("maskTop" / "maskBottom") occludes the NIR images the loop's evaluation
-embeds (probes, for the nir->vis protocols), so a sweep's table can be the paper's
-maskBottom table; ``launch/evaluate.py --occlusions=none,maskTop,maskBottom`` evaluates a
-workdir on all three. Mask pictures go to ``<workdir>/masks/`` (`masks_plot`).
+the loop's ``eval.occlusion`` ("maskTop" / "maskBottom") occludes the probe images of its
+evaluation (NIR, for the nir->vis protocols; recorded in eval.json), so a sweep's table can be
+the paper's maskBottom table; ``launch/evaluate.py --occlusions=none,maskTop,maskBottom``
+evaluates a workdir on all three. Mask pictures go to ``<workdir>/masks/`` (`masks_plot`):
+every epoch, at the end of the AFS search, and of the final masks at the end of training.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ import numpy as np
 import optax
 
 from hfrjax.config import ConfigError, Section
-from hfrjax.data import occlusion as occlusion_lib
 from hfrjax.data import pipeline
 from hfrjax.data.dataset import Dataset
 from hfrjax.models import dummy_input
@@ -143,7 +143,6 @@ class SSNConfig(Section):
     init_from: str = ""  # LightCNN weights (export or workdir); indicators start at 1.
     num_epochs: float = 40.0  # Training (after the search, in mode afs).
     total_steps: int = 0  # > 0 overrides num_epochs (the training phase's steps).
-    eval_occlusion: str = "none"  # none | maskTop | maskBottom: NIR images at evaluation.
     mask_pictures: bool = True  # PNG heat maps in <workdir>/masks/ at epoch ends.
 
 
@@ -173,24 +172,6 @@ def identity_loss(cfg: IdLossConfig, head: dict, emb, labels):
     logits = emb.astype(jnp.float32) @ head["kernel"] + head["bias"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
-def occlude_nir(images, modality, kind: str):
-    """``images`` with the ``kind`` probe box blacked out on NIR rows (modality code != 0),
-    as `hfrjax.data.occlusion.apply_occlusion` with fill 0 does it."""
-    if kind == "none":
-        return images
-    h, w = images.shape[1:3]
-    y0, y1, x0, x1 = occlusion_lib.occlusion_box(kind, occlusion_lib.FaceTemplate.for_size((h, w)))
-    box = np.zeros((h, w), bool)
-    box[y0:y1, x0:x1] = True
-    hide = (modality != 0)[:, None, None, None] & jnp.asarray(box)[None, :, :, None]
-    black = (
-        jnp.zeros((), images.dtype)
-        if images.dtype == jnp.uint8
-        else jnp.asarray(-1.0, images.dtype)
-    )
-    return jnp.where(hide, black, images)
 
 
 @dataclasses.dataclass
@@ -244,10 +225,9 @@ class Parts:
 
     def embed(self):
         """The evaluation embedder: each image gated by its own modality's indicators."""
-        model, kind = self.model, self.cfg.eval_occlusion
+        model = self.model
 
         def embed(params, model_state, images, modality, train_bn=False):
-            images = occlude_nir(images, modality, kind)
             return model.apply(
                 {"params": merged_params(params)}, model_inputs(images), modality, train=False
             )
@@ -268,11 +248,6 @@ class Parts:
 def check_mode(cfg: SSNConfig) -> Mode:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {list(MODES)}, got {cfg.mode!r}")
-    if cfg.eval_occlusion != "none" and cfg.eval_occlusion not in occlusion_lib.OCCLUSIONS:
-        raise ConfigError(
-            f"eval_occlusion must be 'none' or one of {occlusion_lib.OCCLUSIONS}, got "
-            f"{cfg.eval_occlusion!r}"
-        )
     if cfg.joint_mask_rule not in ("adam", "sgd"):
         raise ConfigError(f"joint_mask_rule must be 'adam' or 'sgd', got {cfg.joint_mask_rule!r}")
     return MODES[cfg.mode]
@@ -480,6 +455,7 @@ class SSNTask:
                 end, due_epoch = 2 * search_steps, due
                 due = lambda s: s == end or due_epoch(s)  # noqa: E731
             hooks.append(Hook("mask_pictures", due, _mask_hook(parts)))
+            hooks.append(Hook("final_mask_pictures", None, _mask_hook(parts), final=True))
         state = state_lib.create_state(
             parts.params, parts.model_state, optimizers, jax.random.key(ctx.seed + 1), {}
         )
@@ -512,4 +488,4 @@ class SSNTask:
         )
 
 
-__all__ = ["MODES", "SSNConfig", "SSNTask", "build_parts", "make_optimizers", "occlude_nir"]
+__all__ = ["MODES", "SSNConfig", "SSNTask", "build_parts", "make_optimizers"]
