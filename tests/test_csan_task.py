@@ -98,7 +98,7 @@ def _store(thermal_dir):
 
 def test_batches_carry_indices_not_labels_and_follow_the_links(thermal_dir):
     store, _ = _store(thermal_dir)
-    n_rgb, n_ir = store.num_rgb, store.num_ir
+    n_rgb = store.num_rgb
     assert np.all(store.modality[:n_rgb] == 0) and np.all(store.modality[n_rgb:] == 3)
     kw = dict(batch_size=8, k=2, hard_negatives=True, seed=5, steps_per_epoch=3, cluster_steps=6)
     batches = CsanBatches(store, **kw)

@@ -2,6 +2,8 @@
 
 Host-side pseudo-label machinery (pure numpy/scipy functions, state as arrays):
 
+* `distances` — blockwise Euclidean distances (one GEMM per pass, bounded blocks), exact
+  float64 nearest neighbours from a float32 product.
 * `clustering` — intra-domain bottom-up agglomerative clustering, single linkage (§III-B).
 * `filtering` — silhouette (Eq. 7) and size filtering (Alg. 1 lines 4-15).
 * `voting` — cross-spectral voting (Alg. 1 lines 20-31).
@@ -16,5 +18,6 @@ The training task ``csan`` (Alg. 1 on the core loop):
 * `inputs` — unlabelled samples and the resumable index-carrying batch sampler;
 * `network` — the ``csan`` model and its head on cached frozen-backbone features;
 * `pretrain` — a VGG pretrained on synthetic VIS faces (ImageNet's stand-in);
-* `configs`, `run` — run configs; train-then-test in the paper's directions, sweeps.
+* `configs`, `run` — run configs; train-then-test in the paper's directions, sweeps;
+* `benchmark` — speed and memory of the host steps at RegDB / SYSU sizes.
 """

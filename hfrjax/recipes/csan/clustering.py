@@ -14,35 +14,36 @@ merge step is a pure function ``(features, current labels, number of merges) -> 
 
 How a step is computed.  Merging the closest pairs one after the other (skipping pairs that an
 earlier merge of the same step already joined, as BUC does) is Kruskal's algorithm on the graph
-whose vertices are the current clusters and whose edge weights are single-linkage distances, so
-the merges of a step are the lightest edges of that graph's minimum spanning tree.  The tree is
-found with Borůvka's algorithm over samples: each round every component takes its nearest
-sample outside itself.  Nearest neighbours come from cached k-nearest-neighbour lists that
-exclude the sample's own component (refreshed blockwise only for samples whose whole list has
-been absorbed into their component), so memory stays O(block · n + n · k) and the O(n² d)
-distance work is done a few times, not once per round.  With fixed features, merging to a
-target count in any number of steps gives the same partition as cutting the single-linkage
-dendrogram (scipy's ``fcluster(..., "maxclust")``), up to exact distance ties.
+whose vertices are the current clusters and whose edge weights are single-linkage distances;
+it stops after the step's merges, so only the lightest edges of the minimum spanning tree are
+ever needed.  The edges come from each sample's ``neighbours`` nearest samples outside its
+cluster, found in one blockwise pass (one GEMM, `hfrjax.recipes.csan.distances`).  A sample
+whose listed neighbours have all joined its component is a lower bound (its last listed
+distance) until that bound is the lightest candidate; then its list alone is recomputed,
+excluding its component — from the cached distance matrix when all n² distances fit in one
+block of ``block_entries``, else by a GEMM over those rows.  Memory is O(block_entries +
+n · neighbours) beside the features.  With fixed features, merging to a target count in any
+number of steps gives the same partition as cutting the single-linkage dendrogram (scipy's
+``fcluster(..., "maxclust")``), up to exact distance ties (broken by cluster id).
 """
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
-# Entries of one distance block (rows x all samples); 4M float64 = 32 MB.
-DEFAULT_BLOCK_ENTRIES = 1 << 22
+from hfrjax.recipes.csan.distances import (
+    DEFAULT_BLOCK_ENTRIES,
+    as_features,
+    block_rows_for,
+    squared_distances,
+    squared_norms,
+)
+
 DEFAULT_NEIGHBOURS = 16
-
-
-def _as_features(features: np.ndarray, dtype=np.float64) -> np.ndarray:
-    x = np.asarray(features)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"features must be a non-empty [n, d] array, got shape {x.shape}")
-    x = x.astype(dtype, copy=False)
-    if not np.all(np.isfinite(x)):
-        bad = int(np.argwhere(~np.isfinite(x))[0, 0])
-        raise ValueError(f"features contain NaN/inf (first at sample {bad})")
-    return x
+# Rows x columns of one neighbour-selection chunk (its mask and argpartition temporaries).
+_SELECT_ENTRIES = 1 << 20
 
 
 def _as_labels(labels: np.ndarray, n: int, name: str = "labels") -> np.ndarray:
@@ -52,24 +53,6 @@ def _as_labels(labels: np.ndarray, n: int, name: str = "labels") -> np.ndarray:
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{name} must be integers, got dtype {y.dtype}")
     return y.astype(np.int64, copy=False)
-
-
-def block_rows_for(n_columns: int, block_entries: int = DEFAULT_BLOCK_ENTRIES) -> int:
-    """Rows of a distance block against ``n_columns`` samples that fit ``block_entries``."""
-    return max(1, int(block_entries) // max(1, int(n_columns)))
-
-
-def squared_distances(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray | None = None) -> np.ndarray:
-    """Squared Euclidean distances [len(a), len(b)] via ‖a‖² + ‖b‖² − 2 a·b, clipped at 0."""
-    a_sq = np.einsum("ij,ij->i", a, a)
-    if b_sq is None:
-        b_sq = np.einsum("ij,ij->i", b, b)
-    d = a @ b.T
-    d *= -2.0
-    d += a_sq[:, None]
-    d += b_sq[None, :]
-    np.maximum(d, 0.0, out=d)
-    return d
 
 
 def relabel_contiguous(labels: np.ndarray) -> np.ndarray:
@@ -105,65 +88,162 @@ def merge_schedule(
     return counts
 
 
-class _DisjointSets:
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-
-    def find(self, i: int) -> int:
-        p = self.parent
-        root = i
-        while p[root] != root:
-            root = p[root]
-        while p[i] != root:
-            p[i], i = root, p[i]
-        return root
-
-    def union(self, a: int, b: int) -> bool:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        if ra < rb:
-            ra, rb = rb, ra
-        self.parent[ra] = rb
-        return True
-
-    def roots(self) -> np.ndarray:
-        return np.array([self.find(i) for i in range(len(self.parent))], np.int64)
-
-
-def _nearest_outside(
+def nearest_outside(
     x: np.ndarray,
     x_sq: np.ndarray,
     rows: np.ndarray,
-    component: np.ndarray,
+    group: np.ndarray,
     k: int,
-    block_entries: int,
+    block_entries: int = DEFAULT_BLOCK_ENTRIES,
+    cache: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For samples ``rows``: their k nearest samples outside their own component, ascending.
+    """For samples ``rows``: their ``k`` nearest samples of another ``group``, ascending
+    (squared distance, then index).
 
-    Returns (indices [r, k], squared distances [r, k]); missing entries are -1 / inf.
+    Distances come from ``cache`` (all n² squared distances) when given, else from a GEMM of
+    ``block_rows_for(n, block_entries)`` rows at a time.  Returns (indices [r, k], squared
+    distances [r, k]); missing entries are -1 / inf.
     """
     n = x.shape[0]
+    rows = np.asarray(rows, np.int64)
+    kk = min(k, n)
     idx_out = np.full((len(rows), k), -1, np.int64)
     dist_out = np.full((len(rows), k), np.inf)
-    step = block_rows_for(n, block_entries)
-    for start in range(0, len(rows), step):
+    step = len(rows) if cache is not None else block_rows_for(n, block_entries)
+    select = block_rows_for(n, min(_SELECT_ENTRIES, block_entries))
+    for start in range(0, len(rows), max(step, 1)):
         r = rows[start : start + step]
-        d = squared_distances(x[r], x, x_sq)
-        d[component[r][:, None] == component[None, :]] = np.inf
-        kk = min(k, n)
-        if kk < n:
-            part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-        else:
-            part = np.tile(np.arange(n), (len(r), 1))
-        pd = np.take_along_axis(d, part, axis=1)
-        order = np.lexsort((part, pd), axis=1)
-        part = np.take_along_axis(part, order, axis=1)
-        pd = np.take_along_axis(pd, order, axis=1)
-        part[~np.isfinite(pd)] = -1
-        idx_out[start : start + len(r), :kk] = part
-        dist_out[start : start + len(r), :kk] = pd
+        block = None if cache is not None else squared_distances(x[r], x, x_sq, x_sq[r])
+        for s in range(0, len(r), select):
+            rs = r[s : s + select]
+            d = cache[rs] if cache is not None else block[s : s + select]
+            d[group[rs][:, None] == group[None, :]] = np.inf  # (cache[rs] is a copy)
+            if kk < n:
+                part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+            else:
+                part = np.broadcast_to(np.arange(n), (len(rs), n))
+            pd = np.take_along_axis(d, part, axis=1)
+            order = np.lexsort((part, pd), axis=1)
+            part = np.take_along_axis(part, order, axis=1)
+            pd = np.take_along_axis(pd, order, axis=1)
+            part = np.where(np.isfinite(pd), part, -1)
+            out = slice(start + s, start + s + len(rs))
+            idx_out[out, :kk] = part
+            dist_out[out, :kk] = pd
     return idx_out, dist_out
+
+
+class _Kruskal:
+    """Kruskal's algorithm over clusters (single linkage), edges found lazily per sample.
+
+    Heap entries ``(squared distance, kind, lo, hi, sample)``: ``kind`` 1 is the sample's
+    nearest listed neighbour not yet known to share its component (cluster ids ``lo < hi`` of
+    the pair break distance ties); ``kind`` 0 is a sample whose list is exhausted, keyed by its
+    last listed distance — a lower bound on its next edge, so it sorts first at equal distance
+    and is refreshed before any edge at that distance is accepted.
+    """
+
+    def __init__(self, x, clusters, neighbours, block_entries):
+        self.x, self.clusters = x, clusters
+        n = x.shape[0]
+        self.k = min(neighbours, n)
+        self.block_entries = block_entries
+        self.x_sq = squared_norms(x)
+        self.cache = None
+        if n * n <= block_entries:  # The whole matrix is one block: keep it for refreshes.
+            self.cache = squared_distances(x, x, self.x_sq, self.x_sq)
+        self.parent = list(range(int(clusters.max()) + 1))
+        self.refreshes = 0  # Refresh passes and rows (for the benchmark).
+        self.refreshed_rows = 0
+        self.heap: list = []
+        self.ptr = np.zeros(n, np.int64)
+        self.idx, self.dist = nearest_outside(
+            x, self.x_sq, np.arange(n), clusters, self.k, block_entries, self.cache
+        )
+        # A list with an empty last entry held every sample outside the group.
+        self.complete = ~np.isfinite(self.dist[:, -1])
+        self.idx_l, self.dist_l = self.idx.tolist(), self.dist.tolist()
+        for i in range(n):
+            self._push(i)
+
+    def find(self, c: int) -> int:
+        p = self.parent
+        root = c
+        while p[root] != root:
+            root = p[root]
+        while p[c] != root:
+            p[c], c = root, p[c]
+        return root
+
+    def _push(self, i: int) -> None:
+        p = int(self.ptr[i])
+        if p < self.k and self.idx_l[i][p] >= 0:
+            ci, cj = int(self.clusters[i]), int(self.clusters[self.idx_l[i][p]])
+            entry = (self.dist_l[i][p], 1, min(ci, cj), max(ci, cj), i)
+        elif self.complete[i]:
+            return  # Nothing outside its component at all.
+        else:
+            entry = (self.dist_l[i][self.k - 1], 0, 0, 0, i)
+        heapq.heappush(self.heap, entry)
+
+    def _refresh(self, rows: list[int]) -> None:
+        roots = np.array([self.find(c) for c in range(len(self.parent))], np.int64)
+        component = roots[self.clusters]
+        rows = np.array(sorted(rows), np.int64)
+        idx, dist = nearest_outside(
+            self.x, self.x_sq, rows, component, self.k, self.block_entries, self.cache
+        )
+        self.refreshes += 1
+        self.refreshed_rows += len(rows)
+        self.complete[rows] = ~np.isfinite(dist[:, -1])
+        self.ptr[rows] = 0
+        for r, i, d in zip(rows.tolist(), idx.tolist(), dist.tolist()):
+            self.idx_l[r], self.dist_l[r] = i, d
+            self._push(r)
+
+    def merges(self, count: int):
+        """Yields the next ``count`` Kruskal merges as (cluster a, cluster b, squared distance),
+        a and b the clusters of the pair's two samples."""
+        heap, clusters = self.heap, self.clusters
+        done = 0
+        while done < count:
+            stale = []
+            while True:
+                if not heap:  # pragma: no cover - a complete graph is connected
+                    raise RuntimeError("spanning tree search stalled: no edge leaves a component")
+                entry = heapq.heappop(heap)
+                i = entry[4]
+                if entry[1] == 0:
+                    stale.append(i)
+                    continue
+                j = self.idx_l[i][int(self.ptr[i])]
+                ri, rj = self.find(int(clusters[i])), self.find(int(clusters[j]))
+                if ri != rj:
+                    break
+                self.ptr[i] += 1  # Inside the component now: the next listed neighbour.
+                self._push(i)
+            if stale:  # Their next edges may be lighter than this one: recompute them first.
+                heapq.heappush(heap, entry)
+                self._refresh(stale)
+                continue
+            self.parent[max(ri, rj)] = min(ri, rj)
+            done += 1
+            self.ptr[i] += 1
+            self._push(i)
+            yield int(clusters[i]), int(clusters[j]), entry[0]
+
+
+def _prepare(features, labels, neighbours, dtype):
+    x = as_features(features, dtype)
+    y = relabel_contiguous(_as_labels(labels, x.shape[0]))
+    if (y < 0).any():
+        bad = int(np.argmax(y < 0))
+        raise ValueError(
+            f"labels must be non-negative; sample {bad} has label {np.asarray(labels)[bad]}"
+        )
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be >= 1, got {neighbours}")
+    return x, y
 
 
 def cluster_spanning_tree(
@@ -177,74 +257,16 @@ def cluster_spanning_tree(
     """Minimum spanning tree of the clusters under single linkage (CSAN §III-B distance).
 
     ``labels``: current cluster id of each sample (any non-negative ints).  Returns
-    (cluster_a [K-1], cluster_b [K-1], distance [K-1]) in ascending distance, where cluster ids
-    are those of ``relabel_contiguous(labels)``; Kruskal merges follow this order.
+    (cluster_a [K-1], cluster_b [K-1], distance [K-1]) in Kruskal's order (ascending distance,
+    ties by cluster ids), a < b, where cluster ids are those of ``relabel_contiguous(labels)``.
     ``dtype=np.float32`` halves the distance work at the cost of exactness at near-ties.
     """
-    x = _as_features(features, dtype)
-    n = x.shape[0]
-    y = _as_labels(labels, n)
-    if (y < 0).any():
-        bad = int(np.argmax(y < 0))
-        raise ValueError(f"labels must be non-negative; sample {bad} has label {y[bad]}")
-    clusters = relabel_contiguous(y)
-    num_clusters = int(clusters.max()) + 1
-    if neighbours < 1:
-        raise ValueError(f"neighbours must be >= 1, got {neighbours}")
-    x_sq = np.einsum("ij,ij->i", x, x)
-    dsu = _DisjointSets(num_clusters)
-    component = clusters.copy()  # root cluster id of each sample's component
-    k = min(neighbours, n)
-    knn_idx, knn_dist = _nearest_outside(x, x_sq, np.arange(n), component, k, block_entries)
-    # A list shorter than k held every sample outside the component when it was computed.
-    complete = ~np.isfinite(knn_dist[:, -1])
-    edges_a, edges_b, edges_d = [], [], []
-    num_components = num_clusters
-    rows_all = np.arange(n)
-    while num_components > 1:
-        valid = knn_idx >= 0
-        outside = valid & (component[np.where(valid, knn_idx, 0)] != component[:, None])
-        has = outside.any(axis=1)
-        first = np.argmax(outside, axis=1)
-        cand_d = np.where(has, knn_dist[rows_all, first], np.inf)
-        cand_j = np.where(has, knn_idx[rows_all, first], -1)
-        best = np.full(num_clusters, np.inf)
-        np.minimum.at(best, component, cand_d)
-        # A sample whose list lies inside its component is at least its k-th distance away
-        # from anything outside; refresh it only if that bound could beat the component's best.
-        kth = np.where(complete, np.inf, knn_dist[:, -1])
-        stale = ~has & (kth < best[component])
-        if stale.any():
-            rows = np.flatnonzero(stale)
-            new_idx, new_dist = _nearest_outside(x, x_sq, rows, component, k, block_entries)
-            knn_idx[rows], knn_dist[rows] = new_idx, new_dist
-            complete[rows] = ~np.isfinite(new_dist[:, -1])
-            ok = new_idx[:, 0] >= 0
-            cand_d[rows] = np.where(ok, new_dist[:, 0], np.inf)
-            cand_j[rows] = new_idx[:, 0]
-        # Each component's lightest outgoing edge (ties: smaller sample index).
-        order = np.lexsort((rows_all, cand_d, component))
-        comp_sorted = component[order]
-        head = np.ones(n, bool)
-        head[1:] = comp_sorted[1:] != comp_sorted[:-1]
-        picks = order[head]
-        picks = picks[np.isfinite(cand_d[picks])]
-        picks = picks[np.lexsort((picks, cand_d[picks]))]
-        for i in picks:
-            j = int(cand_j[i])
-            if dsu.union(int(component[i]), int(component[j])):
-                edges_a.append(int(clusters[i]))
-                edges_b.append(int(clusters[j]))
-                edges_d.append(float(cand_d[i]))
-                num_components -= 1
-        if len(picks) == 0:  # pragma: no cover - a complete graph is always connected
-            raise RuntimeError("spanning tree search stalled: no edge leaves any component")
-        component = dsu.roots()[clusters]
-    a = np.asarray(edges_a, np.int64)
-    b = np.asarray(edges_b, np.int64)
-    d = np.sqrt(np.asarray(edges_d, np.float64))
-    order = np.lexsort((np.maximum(a, b), np.minimum(a, b), d))
-    return a[order], b[order], d[order]
+    x, y = _prepare(features, labels, neighbours, dtype)
+    k = int(y.max()) + 1
+    edges = np.array(list(_Kruskal(x, y, neighbours, block_entries).merges(k - 1)))
+    edges = edges.reshape(-1, 3)
+    a, b = np.sort(edges[:, :2].astype(np.int64), axis=1).T
+    return a, b, np.sqrt(edges[:, 2])
 
 
 def merge_step(
@@ -255,17 +277,16 @@ def merge_step(
     neighbours: int = DEFAULT_NEIGHBOURS,
     block_entries: int = DEFAULT_BLOCK_ENTRIES,
     dtype=np.float64,
+    stats: dict | None = None,
 ) -> np.ndarray:
     """One agglomeration step (CSAN §III-B): merge the ``num_merges`` closest cluster pairs.
 
     Pairs are taken in ascending single-linkage distance, skipping a pair already joined by an
     earlier merge of this step, so the number of clusters drops by exactly ``num_merges``.
     Returns labels 0..K-1 (K = clusters before − ``num_merges``) numbered by first sample.
+    ``stats`` (optional) receives the number of refresh passes and refreshed rows.
     """
-    x = _as_features(features, dtype)
-    y = relabel_contiguous(_as_labels(labels, x.shape[0]))
-    if (y < 0).any():
-        raise ValueError("labels must be non-negative (every sample belongs to a cluster)")
+    x, y = _prepare(features, labels, neighbours, dtype)
     num_clusters = int(y.max()) + 1
     if not 0 <= num_merges < num_clusters:
         raise ValueError(
@@ -274,13 +295,17 @@ def merge_step(
         )
     if num_merges == 0:
         return y
-    a, b, _ = cluster_spanning_tree(
-        x, y, neighbours=neighbours, block_entries=block_entries, dtype=dtype
-    )
-    dsu = _DisjointSets(num_clusters)
-    for i in range(num_merges):
-        dsu.union(int(a[i]), int(b[i]))
-    return relabel_contiguous(dsu.roots()[y])
+    kruskal = _Kruskal(x, y, neighbours, block_entries)
+    for _ in kruskal.merges(num_merges):
+        pass
+    if stats is not None:
+        stats.update(
+            refreshes=kruskal.refreshes,
+            refreshed_rows=kruskal.refreshed_rows,
+            cached=kruskal.cache is not None,
+        )
+    roots = np.array([kruskal.find(c) for c in range(num_clusters)], np.int64)
+    return relabel_contiguous(roots[y])
 
 
 def agglomerative_clustering(
@@ -299,7 +324,7 @@ def agglomerative_clustering(
     step, so this is a single `merge_step`; a training task whose features change between
     steps calls `merge_step` once per entry of `merge_schedule` instead.
     """
-    x = _as_features(features, dtype)
+    x = as_features(features, dtype)
     y = np.arange(x.shape[0]) if labels is None else _as_labels(labels, x.shape[0])
     y = relabel_contiguous(y)
     num_clusters = int(y.max()) + 1

@@ -3,9 +3,11 @@
 Per sample, the silhouette (Rousseeuw 1987, CSAN Eq. 7) is ``(b − a) / max(a, b)`` with ``a``
 the mean distance to the other members of its cluster and ``b`` the smallest mean distance to
 another cluster; a cluster's score is the mean over its members, and a sample alone in its
-cluster scores 0 (the convention of scikit-learn's ``silhouette_samples``).  Distances are
-computed in row blocks against all samples and summed per cluster with a sparse one-hot
-matrix, so memory is O(block · (n + K)) rather than O(n²).
+cluster scores 0 (the convention of scikit-learn's ``silhouette_samples``).  One pass over all
+pairs: each block of rows gets its distances to every sample from one GEMM
+(`hfrjax.recipes.csan.distances`) and its per-cluster sums from one product with the sparse
+one-hot membership, so no temporary exceeds ``block_entries`` distances (plus the block's
+[rows, K] sums) whatever n.
 
 Clusters are then discarded when extremely small or large (§IV-C gives no numbers: bounds are
 parameters) or when their silhouette is ≤ χ = 0.6 (Alg. 1 lines 6 and 12).
@@ -17,22 +19,16 @@ import flax
 import numpy as np
 import scipy.sparse
 
-from hfrjax.recipes.csan.clustering import (
+from hfrjax.recipes.csan.clustering import _as_labels
+from hfrjax.recipes.csan.distances import (
     DEFAULT_BLOCK_ENTRIES,
-    _as_features,
-    _as_labels,
+    as_features,
     block_rows_for,
     squared_distances,
+    squared_norms,
 )
 
 SILHOUETTE_THRESHOLD = 0.6  # χ, CSAN Alg. 1
-
-
-def _one_hot(labels: np.ndarray, num_clusters: int) -> scipy.sparse.csr_matrix:
-    n = len(labels)
-    return scipy.sparse.csr_matrix(
-        (np.ones(n), (np.arange(n), labels)), shape=(n, num_clusters)
-    )
 
 
 def silhouette_samples(
@@ -40,41 +36,50 @@ def silhouette_samples(
     labels: np.ndarray,
     *,
     block_entries: int = DEFAULT_BLOCK_ENTRIES,
+    dtype=np.float64,
 ) -> np.ndarray:
     """Per-sample silhouette (CSAN Eq. 7), Euclidean, computed blockwise.
 
     ``labels``: cluster ids 0..K-1 (K ≥ 2); samples with a negative label are left out of the
-    computation entirely (they get NaN).
+    computation entirely (they get NaN).  ``dtype``: precision of the distance GEMM
+    (float32 halves its cost; scores then differ from float64 by float32 rounding).
     """
-    x_all = _as_features(features)
+    x_all = as_features(features, dtype)
     y_all = _as_labels(labels, x_all.shape[0])
     member = y_all >= 0
-    x, y = x_all[member], y_all[member]
     out = np.full(x_all.shape[0], np.nan)
-    if len(y) == 0:
+    if not member.any():
         raise ValueError("silhouette needs at least one labelled sample")
+    x, y = (x_all, y_all) if member.all() else (x_all[member], y_all[member])
     num_clusters = int(y.max()) + 1
     sizes = np.bincount(y, minlength=num_clusters)
     if np.count_nonzero(sizes) < 2:
         found = np.count_nonzero(sizes)
         raise ValueError(f"silhouette needs at least 2 non-empty clusters, got {found}")
-    one_hot_t = _one_hot(y, num_clusters).T.tocsr()  # [K, n]
-    x_sq = np.einsum("ij,ij->i", x, x)
     n = len(y)
+    one_hot = scipy.sparse.csr_matrix(
+        (np.ones(n, x.dtype), (np.arange(n), y)), shape=(n, num_clusters)
+    )
+    x_sq = squared_norms(x)
     scores = np.empty(n)
-    step = block_rows_for(n + num_clusters, block_entries)
+    step = block_rows_for(n, block_entries)
     empty = sizes == 0
+    inv_sizes = 1.0 / np.maximum(sizes, 1)
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
-        d = np.sqrt(squared_distances(x[rows], x, x_sq))
-        sums = np.asarray((one_hot_t @ d.T).T)  # [block, K]
+        d = squared_distances(x[rows], x, x_sq, x_sq[rows])
+        at = np.arange(d.shape[0])
+        d[at, start + at] = 0.0  # Self-distance: exactly 0, not sqrt(rounding noise).
+        np.sqrt(d, out=d)
+        sums = np.asarray(d @ one_hot, np.float64)  # [block, K] per-cluster distance sums
+        del d
         own = y[rows]
         own_size = sizes[own]
-        a = sums[np.arange(len(own)), own] / np.maximum(own_size - 1, 1)
-        mean_other = sums / np.maximum(sizes, 1)[None, :]
-        mean_other[np.arange(len(own)), own] = np.inf
-        mean_other[:, empty] = np.inf
-        b = mean_other.min(axis=1)
+        a = sums[at, own] / np.maximum(own_size - 1, 1)
+        sums *= inv_sizes[None, :]
+        sums[at, own] = np.inf
+        sums[:, empty] = np.inf
+        b = sums.min(axis=1)
         denom = np.maximum(a, b)
         s = np.where(denom > 0, (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
         scores[rows] = np.where(own_size > 1, s, 0.0)
@@ -83,11 +88,15 @@ def silhouette_samples(
 
 
 def cluster_silhouettes(
-    features: np.ndarray, labels: np.ndarray, *, block_entries: int = DEFAULT_BLOCK_ENTRIES
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    block_entries: int = DEFAULT_BLOCK_ENTRIES,
+    dtype=np.float64,
 ) -> np.ndarray:
     """Silhouette of each cluster 0..K-1: the mean of its members' scores (NaN if empty)."""
     y = _as_labels(labels, np.asarray(features).shape[0])
-    s = silhouette_samples(features, y, block_entries=block_entries)
+    s = silhouette_samples(features, y, block_entries=block_entries, dtype=dtype)
     member = y >= 0
     num_clusters = int(y[member].max()) + 1
     total = np.bincount(y[member], weights=s[member], minlength=num_clusters)
@@ -118,13 +127,14 @@ def filter_clusters(
     max_size: int | None = None,
     silhouette_threshold: float = SILHOUETTE_THRESHOLD,
     block_entries: int = DEFAULT_BLOCK_ENTRIES,
+    dtype=np.float64,
 ) -> ClusterFilter:
     """Keep clusters with ``min_size ≤ size ≤ max_size`` and silhouette > χ (Alg. 1 l. 4-15).
 
     The silhouette is computed on the whole partition before any cluster is removed, as in
     Alg. 1 where every cluster's score is evaluated against the unfiltered clustering.
     """
-    x = _as_features(features)
+    x = as_features(features, dtype)
     y = _as_labels(labels, x.shape[0])
     if (y < 0).any():
         bad = int(np.argmax(y < 0))
@@ -136,7 +146,7 @@ def filter_clusters(
     num_clusters = int(y.max()) + 1
     sizes = np.bincount(y, minlength=num_clusters)
     if np.count_nonzero(sizes) >= 2:
-        sil = cluster_silhouettes(x, y, block_entries=block_entries)
+        sil = cluster_silhouettes(x, y, block_entries=block_entries, dtype=dtype)
     else:  # one cluster: no neighbour cluster, the score is undefined (and fails χ)
         sil = np.where(sizes > 0, 0.0, np.nan)
     upper = np.inf if max_size is None else max_size

@@ -12,8 +12,7 @@ import math
 
 import numpy as np
 
-from hfrjax.recipes.csan import clustering, filtering, voting
-from hfrjax.recipes.csan.clustering import _nearest_outside
+from hfrjax.recipes.csan import clustering, distances, filtering, voting
 
 
 def target_count(num_samples: int, target_clusters: int, target_fraction: float) -> int:
@@ -53,9 +52,12 @@ def cluster_means(features: np.ndarray, labels: np.ndarray, num_rows: int) -> np
     return np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
 
-def filter_modality(features, labels, *, min_size, max_size_factor, silhouette, block_entries):
+def filter_modality(
+    features, labels, *, min_size, max_size_factor, silhouette, block_entries, dtype=np.float64
+):
     """Alg. 1 lines 4-15 for one modality; ``max_size_factor`` · mean size bounds "extremely
-    large" clusters (0: no bound; §IV-C gives no numbers)."""
+    large" clusters (0: no bound; §IV-C gives no numbers); ``dtype``: the silhouette's
+    distance precision."""
     labels = clustering.relabel_contiguous(labels)
     k = int(labels.max()) + 1
     max_size = None
@@ -68,6 +70,7 @@ def filter_modality(features, labels, *, min_size, max_size_factor, silhouette, 
         max_size=max_size,
         silhouette_threshold=silhouette,
         block_entries=block_entries,
+        dtype=dtype,
     )
 
 
@@ -91,15 +94,15 @@ def nearest_linked_clusters(
     rows = np.flatnonzero(active)
     if len(np.unique(labels[rows])) < 2:
         return out
-    x = features[rows].astype(np.float64)
     comp = labels[rows]
-    idx, dist = _nearest_outside(
-        x, np.einsum("ij,ij->i", x, x), np.arange(len(rows)), comp, 1, block_entries
+    x = features[rows]
+    j, dist = distances.nearest(
+        x, x, query_groups=comp, reference_groups=comp, block_entries=block_entries
     )
-    ok = np.flatnonzero(idx[:, 0] >= 0)
-    order = ok[np.lexsort((ok, dist[ok, 0]))]  # Ascending distance, then sample order.
+    ok = np.flatnonzero(j >= 0)
+    order = ok[np.lexsort((ok, dist[ok]))]  # Ascending distance, then sample order.
     clusters, first = np.unique(comp[order], return_index=True)
-    out[clusters] = comp[idx[order[first], 0]]
+    out[clusters] = comp[j[order[first]]]
     return out
 
 

@@ -95,9 +95,9 @@ class ClusteringConfig(Section):
     merge_fraction: float = 0.05  # BUC's mp: int(n · mp) merges per stage.
     bank_epochs: int = 1  # Memory-bank epochs before each merge; 0: cluster the initial features.
     temperature: float = 0.1  # Memory-bank softmax (BUC's t = 10).
-    neighbours: int = 16
-    block_entries: int = 1 << 22
-    dtype: str = "float32"  # float32 | float64 distances.
+    neighbours: int = 16  # Listed nearest samples per image for the merge steps.
+    block_entries: int = 1 << 25  # Largest distance block (one block: RegDB's 4,120²).
+    dtype: str = "float32"  # float32 | float64 distances of the merge steps.
 
 
 @dataclasses.dataclass(frozen=True)

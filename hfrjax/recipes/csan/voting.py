@@ -24,13 +24,9 @@ from __future__ import annotations
 import flax
 import numpy as np
 
-from hfrjax.recipes.csan.clustering import (
-    DEFAULT_BLOCK_ENTRIES,
-    _as_features,
-    _as_labels,
-    block_rows_for,
-    squared_distances,
-)
+from hfrjax.recipes.csan import distances
+from hfrjax.recipes.csan.clustering import _as_labels
+from hfrjax.recipes.csan.distances import DEFAULT_BLOCK_ENTRIES, as_features
 
 MAJORITY = 0.5  # Alg. 1 line 26
 
@@ -58,22 +54,11 @@ def nearest_samples(
     *,
     block_entries: int = DEFAULT_BLOCK_ENTRIES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(index, Euclidean distance) of each query's nearest reference, blockwise."""
-    q = _as_features(queries)
-    r = _as_features(references)
-    if q.shape[1] != r.shape[1]:
-        raise ValueError(f"feature sizes differ: queries {q.shape[1]}, references {r.shape[1]}")
-    r_sq = np.einsum("ij,ij->i", r, r)
-    idx = np.empty(len(q), np.int64)
-    dist = np.empty(len(q))
-    step = block_rows_for(len(r), block_entries)
-    for start in range(0, len(q), step):
-        rows = slice(start, start + step)
-        d = squared_distances(q[rows], r, r_sq)
-        j = np.argmin(d, axis=1)
-        idx[rows] = j
-        dist[rows] = np.sqrt(d[np.arange(len(j)), j])
-    return idx, dist
+    """(index, Euclidean distance) of each query's nearest reference, blockwise; a float32
+    GEMM whose near-ties are re-scored in float64, so the answer is float64's
+    (`hfrjax.recipes.csan.distances.nearest`)."""
+    idx, sq = distances.nearest(queries, references, block_entries=block_entries)
+    return idx, np.sqrt(sq)
 
 
 def cross_spectral_vote(
@@ -91,8 +76,8 @@ def cross_spectral_vote(
     not vote and removed IR samples cannot be voted for.  A cluster links when
     ``votes ≥ majority · voters`` (ties: see the module docstring).
     """
-    xr = _as_features(rgb_features)
-    xi = _as_features(ir_features)
+    xr = as_features(rgb_features, None)
+    xi = as_features(ir_features, None)
     yr = _as_labels(rgb_labels, xr.shape[0], "rgb_labels")
     yi = _as_labels(ir_labels, xi.shape[0], "ir_labels")
     if not 0.0 < majority <= 1.0:
