@@ -2,49 +2,24 @@
 
 Everything is built with `hfrjax.recipes.rethink`; this module only adds what real data needs:
 
-* where the converted datasets live: ``{data_root}/{DATASETS[name]}``, each a TFRecord dataset
-  whose ``protocols/`` directory holds its standard folds;
-* each benchmark's protocol as the paper uses it (``NUM_FOLDS``);
+* where the converted datasets live and their folds (`hfrjax.data.benchmarks`, shared with the
+  other recipes' real-data configs);
 * the paper's evaluation operating points (``PAPER_FARS``).
 """
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
+from hfrjax.data.benchmarks import DATASETS, DEFAULT_DATA_ROOT, NUM_FOLDS, data_dir  # noqa: F401
 from hfrjax.recipes.rethink import configs as rethink
 
-DEFAULT_DATA_ROOT = "/data/hfrjax"
-
-# Short name -> directory under data_root (what the converters write).
-DATASETS = {
-    "ms1m": "ms1m",
-    "casia": "casia_nir_vis_2.0",
-    "lamp_hq": "lamp_hq",
-    "oulu": "oulu_casia_nir_vis",
-    "buaa": "buaa_visnir",
-}
 SOURCE = "ms1m"
 TARGETS = ("casia", "lamp_hq", "oulu", "buaa")
-
-# Folds of each NIR-VIS benchmark's protocol. CASIA NIR-VIS 2.0 View 2 and LAMP-HQ: 10 folds
-# (paper Table 6 "Folds 1-10", mean ± std; Tables 3, 4, 5 and 7 use fold 1, marked †).
-# Oulu-CASIA and BUAA-VisNir: one fixed train/test split (no official lists; the protocols commonly used with these sets;
-# the paper reports no ± for them in Table 6), stored as fold 1.
-NUM_FOLDS = {"casia": 10, "lamp_hq": 10, "oulu": 1, "buaa": 1}
 
 # The paper reports TAR@FAR=1e-4 (Tables 3, 4, 5, 7; Table 6 for CASIA / LAMP-HQ) and
 # TAR@FAR=1e-3 and Rank-1 (Table 6); Rank-1 is always computed by the evaluator.
 PAPER_FARS = [1e-4, 1e-3]
-
-
-def data_dir(data_root: str, name: str) -> str:
-    """``{data_root}/{DATASETS[name]}``."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
-    return os.path.join(data_root, DATASETS[name])
 
 
 def check_target(name: str, what: str) -> str:

@@ -306,7 +306,7 @@ def real_config(
     """A paper-scale config training on ``train``'s fold and evaluating on ``eval`` (default:
     the same dataset and fold; another dataset is evaluated on its fold 1, as the paper's
     cross-dataset use of the CASIA fold-1 model)."""
-    from hfrjax.recipes.rethink.real import DEFAULT_DATA_ROOT, NUM_FOLDS, data_dir
+    from hfrjax.data.benchmarks import DEFAULT_DATA_ROOT, NUM_FOLDS, data_dir
 
     a = parse_arg(arg)
     unknown = set(a) - REAL_KEYS
