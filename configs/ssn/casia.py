@@ -16,7 +16,8 @@ Arguments (comma-separated key=value):
   partial         1 (default): random rectangles on every NIR training image (Tables IV-VII);
                   0: the complete-face model (Table II; the paper trains them separately)
   init_from       a LightCNN-29v2 export or workdir (indicators start at 1, a new classifier)
-  eval_occlusion  none (default) | maskTop | maskBottom: NIR probes of the loop's evaluation
+  eval_occlusion  none (default) | maskTop | maskBottom: sets eval.occlusion
+                  (the NIR probes of the loop's evaluation)
   data_root       default /data/hfrjax (reads casia_nir_vis_2.0, converted with its View 2 lists)
   eval            casia (default) | lamp_hq | oulu | buaa; seed (default 0)
 

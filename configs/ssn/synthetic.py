@@ -17,7 +17,8 @@ Arguments (comma-separated key=value):
   mode            afs (default) | si_split_ib | si_split | si | baseline
   fold            1..10 (default 1): trains on the fold's training identities, evaluates it
   data            default /tmp/hfrjax_ssn/data (source/ and target/ below it)
-  eval_occlusion  none (default) | maskTop | maskBottom: NIR probes of the final evaluation
+  eval_occlusion  none (default) | maskTop | maskBottom: sets eval.occlusion
+                  (NIR probes of the final evaluation)
   partial         1 (default): a random rectangle on every NIR training image; 0: none
   scale           synthetic (default) | test (16x16, two steps per phase: the test suite's)
   seed            default 0

@@ -6,7 +6,7 @@
 (``--synth`` generates the data first if absent.) One pretraining of the plain LightCNN on the
 VIS source set is shared by every cell; each cell then trains one run per fold on the NIR-VIS
 target set (folds pooled: mean ± std over folds) and is evaluated on the fold's test
-identities with the lower face of every NIR probe blacked out (``eval_occlusion=maskBottom``,
+identities with the lower face of every NIR probe blacked out (``eval.occlusion=maskBottom``,
 the gallery stays complete). Re-running skips finished runs and resumes an interrupted one.
 
 Rows (cells), as the paper's:
