@@ -136,11 +136,18 @@ def nearest_outside(
 class _Kruskal:
     """Kruskal's algorithm over clusters (single linkage), edges found lazily per sample.
 
-    Heap entries ``(squared distance, kind, lo, hi, sample)``: ``kind`` 1 is the sample's
-    nearest listed neighbour not yet known to share its component (cluster ids ``lo < hi`` of
-    the pair break distance ties); ``kind`` 0 is a sample whose list is exhausted, keyed by its
-    last listed distance — a lower bound on its next edge, so it sorts first at equal distance
-    and is refreshed before any edge at that distance is accepted.
+    Heap entries ``(squared distance, kind, lo, hi, sample, version)``: ``kind`` 1 is the
+    sample's nearest listed neighbour not yet known to share its component (cluster ids
+    ``lo < hi`` of the pair break distance ties); ``kind`` 0 is a sample whose list is
+    exhausted, keyed by its last listed distance — a lower bound on its next edge, so it sorts
+    first at equal distance and is refreshed before any edge at that distance is accepted.
+    An entry whose version is not the sample's current one (its list was recomputed) is
+    dropped when popped.
+
+    A refresh recomputes the exhausted samples that bound the next edge and, in the same pass
+    (up to one block of rows), those with at most a quarter of their list left outside their
+    component: without the cached matrix each pass reads all features, so few large passes
+    beat many small ones.
     """
 
     def __init__(self, x, clusters, neighbours, block_entries):
@@ -152,59 +159,74 @@ class _Kruskal:
         self.cache = None
         if n * n <= block_entries:  # The whole matrix is one block: keep it for refreshes.
             self.cache = squared_distances(x, x, self.x_sq, self.x_sq)
-        self.parent = list(range(int(clusters.max()) + 1))
+        num_clusters = int(clusters.max()) + 1
+        self.root_of = list(range(num_clusters))  # Component (a cluster id) of each cluster.
+        self.members = [[c] for c in range(num_clusters)]
         self.refreshes = 0  # Refresh passes and rows (for the benchmark).
         self.refreshed_rows = 0
         self.heap: list = []
-        self.ptr = np.zeros(n, np.int64)
+        self.ptr = [0] * n
+        self.version = [0] * n
         self.idx, self.dist = nearest_outside(
             x, self.x_sq, np.arange(n), clusters, self.k, block_entries, self.cache
         )
         # A list with an empty last entry held every sample outside the group.
         self.complete = ~np.isfinite(self.dist[:, -1])
         self.idx_l, self.dist_l = self.idx.tolist(), self.dist.tolist()
+        self.cluster_l = clusters.tolist()
         for i in range(n):
             self._push(i)
 
     def find(self, c: int) -> int:
-        p = self.parent
-        root = c
-        while p[root] != root:
-            root = p[root]
-        while p[c] != root:
-            p[c], c = root, p[c]
-        return root
+        return self.root_of[c]
+
+    def _union(self, a: int, b: int) -> None:
+        """Small-to-large: every cluster's component id is looked up in O(1)."""
+        if len(self.members[a]) < len(self.members[b]):
+            a, b = b, a
+        for c in self.members[b]:
+            self.root_of[c] = a
+        self.members[a].extend(self.members[b])
+        self.members[b] = []
 
     def _push(self, i: int) -> None:
-        p = int(self.ptr[i])
+        p = self.ptr[i]
         if p < self.k and self.idx_l[i][p] >= 0:
-            ci, cj = int(self.clusters[i]), int(self.clusters[self.idx_l[i][p]])
-            entry = (self.dist_l[i][p], 1, min(ci, cj), max(ci, cj), i)
+            ci, cj = self.cluster_l[i], self.cluster_l[self.idx_l[i][p]]
+            entry = (self.dist_l[i][p], 1, min(ci, cj), max(ci, cj), i, self.version[i])
         elif self.complete[i]:
             return  # Nothing outside its component at all.
         else:
-            entry = (self.dist_l[i][self.k - 1], 0, 0, 0, i)
+            entry = (self.dist_l[i][self.k - 1], 0, 0, 0, i, self.version[i])
         heapq.heappush(self.heap, entry)
 
-    def _refresh(self, rows: list[int]) -> None:
-        roots = np.array([self.find(c) for c in range(len(self.parent))], np.int64)
-        component = roots[self.clusters]
-        rows = np.array(sorted(rows), np.int64)
+    def _refresh(self, required: list[int]) -> None:
+        component = np.asarray(self.root_of, np.int64)[self.clusters]
+        outside = (self.idx >= 0) & (component[np.maximum(self.idx, 0)] != component[:, None])
+        low = np.flatnonzero((outside.sum(axis=1) <= self.k // 4) & ~self.complete)
+        low = low[np.argsort(self.dist[low, -1], kind="stable")]  # Nearest bounds first.
+        cap = max(len(required), block_rows_for(len(self.x), self.block_entries))
+        rows = np.unique(np.concatenate([np.asarray(required, np.int64), low]))
+        if len(rows) > cap:
+            extra = low[~np.isin(low, required)][: cap - len(required)]
+            rows = np.unique(np.concatenate([np.asarray(required, np.int64), extra]))
         idx, dist = nearest_outside(
             self.x, self.x_sq, rows, component, self.k, self.block_entries, self.cache
         )
         self.refreshes += 1
         self.refreshed_rows += len(rows)
+        self.idx[rows], self.dist[rows] = idx, dist
         self.complete[rows] = ~np.isfinite(dist[:, -1])
-        self.ptr[rows] = 0
         for r, i, d in zip(rows.tolist(), idx.tolist(), dist.tolist()):
             self.idx_l[r], self.dist_l[r] = i, d
+            self.ptr[r] = 0
+            self.version[r] += 1
             self._push(r)
 
     def merges(self, count: int):
         """Yields the next ``count`` Kruskal merges as (cluster a, cluster b, squared distance),
         a and b the clusters of the pair's two samples."""
-        heap, clusters = self.heap, self.clusters
+        heap, cluster, root_of, version = self.heap, self.cluster_l, self.root_of, self.version
         done = 0
         while done < count:
             stale = []
@@ -213,11 +235,13 @@ class _Kruskal:
                     raise RuntimeError("spanning tree search stalled: no edge leaves a component")
                 entry = heapq.heappop(heap)
                 i = entry[4]
+                if entry[5] != version[i]:
+                    continue  # Superseded by a refresh.
                 if entry[1] == 0:
                     stale.append(i)
                     continue
-                j = self.idx_l[i][int(self.ptr[i])]
-                ri, rj = self.find(int(clusters[i])), self.find(int(clusters[j]))
+                j = self.idx_l[i][self.ptr[i]]
+                ri, rj = root_of[cluster[i]], root_of[cluster[j]]
                 if ri != rj:
                     break
                 self.ptr[i] += 1  # Inside the component now: the next listed neighbour.
@@ -226,11 +250,11 @@ class _Kruskal:
                 heapq.heappush(heap, entry)
                 self._refresh(stale)
                 continue
-            self.parent[max(ri, rj)] = min(ri, rj)
+            self._union(ri, rj)
             done += 1
             self.ptr[i] += 1
             self._push(i)
-            yield int(clusters[i]), int(clusters[j]), entry[0]
+            yield cluster[i], cluster[j], entry[0]
 
 
 def _prepare(features, labels, neighbours, dtype):
@@ -304,7 +328,7 @@ def merge_step(
             refreshed_rows=kruskal.refreshed_rows,
             cached=kruskal.cache is not None,
         )
-    roots = np.array([kruskal.find(c) for c in range(num_clusters)], np.int64)
+    roots = np.asarray(kruskal.root_of, np.int64)
     return relabel_contiguous(roots[y])
 
 

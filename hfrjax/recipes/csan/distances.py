@@ -84,15 +84,10 @@ def _rounding_bound(dim: int) -> float:
     return gamma + 8 * u
 
 
-def squared_norms64(x: np.ndarray, block_entries: int = DEFAULT_BLOCK_ENTRIES) -> np.ndarray:
-    """Float64 squared norms of the rows of ``x`` (any float dtype), converting a block of rows
-    at a time."""
-    out = np.empty(len(x))
-    step = block_rows_for(x.shape[1], block_entries)
-    for s in range(0, len(x), step):
-        b = x[s : s + step].astype(np.float64, copy=False)
-        out[s : s + step] = np.einsum("ij,ij->i", b, b)
-    return out
+def squared_norms64(x: np.ndarray) -> np.ndarray:
+    """Float64 squared norms of the rows of ``x`` (float32 products are exact in float64;
+    einsum converts in small buffers, so no float64 copy of ``x`` is made)."""
+    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
 
 
 def nearest(
@@ -120,7 +115,7 @@ def nearest(
     # Float64 originals for re-scoring (float32 inputs are exact in float64).
     q_orig = np.asarray(queries)
     r_orig = np.asarray(references)
-    q_sq, r_sq = squared_norms64(q_orig, block_entries), squared_norms64(r_orig, block_entries)
+    q_sq, r_sq = squared_norms64(q_orig), squared_norms64(r_orig)
     grouped = query_groups is not None
     if grouped:
         qg, rg = np.asarray(query_groups), np.asarray(reference_groups)
@@ -140,7 +135,8 @@ def nearest(
         if not exact:
             margin = 2 * bound * (np.sqrt(q_sq[rows]) + r_norm_max) ** 2
             # Rows whose every entry is excluded (best = inf) have no candidates.
-            limit = np.where(np.isfinite(best), best + margin, -1.0)
+            limit = np.where(np.isfinite(best), best + margin, -1.0).astype(d.dtype)
+            limit = np.nextafter(limit, np.inf, dtype=d.dtype)  # Rounded up, never down.
             cand_r, cand_c = np.nonzero(d <= limit[:, None])
             if len(cand_r) > _MAX_CANDIDATES * len(j):  # Near-ties everywhere: float64 block.
                 d = squared_distances(
@@ -168,9 +164,8 @@ def _rescore(q, r, q_sq, r_sq, cand_r, cand_c, block_entries):
     chunk = block_rows_for(q.shape[1], min(block_entries, _RESCORE_ENTRIES))
     for s in range(0, len(cand_r), chunk):
         i, c = cand_r[s : s + chunk], cand_c[s : s + chunk]
-        a = q[i].astype(np.float64, copy=False)
-        b = r[c].astype(np.float64, copy=False)
-        d[s : s + chunk] = q_sq[i] + r_sq[c] - 2.0 * np.einsum("ij,ij->i", a, b)
+        dot = np.einsum("ij,ij->i", q[i], r[c], dtype=np.float64)
+        d[s : s + chunk] = q_sq[i] + r_sq[c] - 2.0 * dot
     np.maximum(d, 0.0, out=d)
     j = np.zeros(len(q), np.int64)
     best = np.full(len(q), np.inf)

@@ -95,7 +95,7 @@ def nearest_linked_clusters(
     if len(np.unique(labels[rows])) < 2:
         return out
     comp = labels[rows]
-    x = features[rows]
+    x = features if len(rows) == len(labels) else features[rows]
     j, dist = distances.nearest(
         x, x, query_groups=comp, reference_groups=comp, block_entries=block_entries
     )

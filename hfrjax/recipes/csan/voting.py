@@ -92,7 +92,9 @@ def cross_spectral_vote(
     candidates = np.flatnonzero(yi >= 0)
     if len(voting) == 0 or len(candidates) == 0:
         return VoteResult(link, winner, votes, voters, nearest_ir)
-    j, dist = nearest_samples(xr[voting], xi[candidates], block_entries=block_entries)
+    queries = xr if len(voting) == len(yr) else xr[voting]
+    references = xi if len(candidates) == len(yi) else xi[candidates]
+    j, dist = nearest_samples(queries, references, block_entries=block_entries)
     nearest_ir[voting] = candidates[j]
     rgb_c = yr[voting]
     ir_c = yi[candidates[j]]
