@@ -1,22 +1,25 @@
-"""The host side of CSAN's loop (Alg. 1) as one task hook over a fixed step schedule.
+"""The host side of CSAN's loop (Alg. 1) as task hooks over a fixed step schedule.
 
 Steps (global): ``S`` merge stages of ``bank_epochs`` epochs each (the memory-bank
 cross-entropy of the reference clustering method between merges, §III-B), then ``E`` epochs of
-the triplet phase, then one no-op step whose boundary is "the end of training". At boundary
+the triplet phase. At boundary
 
 * 0: every image its own cluster, the memory bank = the images' features (with no merge
   stages: one agglomeration of the initial features to the target count, then filtering);
 * ``k · stage`` (k = 1..S): merge stage k on the current features; the bank restarts at the new
   clusters' mean features; after stage S the silhouette / size filter (Alg. 1 lines 4-15);
-* ``A + e · epoch`` (e = 0..E-1): validation on the held-out identities (early stopping),
-  then the cross-spectral vote of Alg. 1 lines 20-31, every epoch, and the diagnostics;
-* ``A + E · epoch``: the last validation; the best parameters are put back (early stopping
-  keeps the best model).
+* ``A + e · epoch`` (e = 0..E-1): validation on the held-out identities (early stopping:
+  after ``patience`` epochs without improvement the hook ends training here with
+  ``HookContext.stop``), then the cross-spectral vote of Alg. 1 lines 20-31, every epoch, and
+  the diagnostics;
+* the end of training (``A + E · epoch``, or where early stopping ended it), the final hook
+  `PseudoLabelHook.finish`: the last validation when training ran to the end, then the best
+  parameters are put back (early stopping keeps the best model).
 
 Everything the steps need lives in ``state.extra`` with fixed shapes (the module docstring of
-`hfrjax.recipes.csan.task` lists them), so a run resumed anywhere recomputes nothing: the hook
-only re-installs the sampler's table when the loop restored a checkpoint between boundaries,
-and a boundary re-run after a restore repeats the same deterministic computation.
+`hfrjax.recipes.csan.task` lists them), so a run resumed anywhere recomputes nothing: after a
+restore the sampler's table is re-installed from the state (`PseudoLabelHook.on_restore`), and
+a boundary re-run after a restore repeats the same deterministic computation.
 """
 
 from __future__ import annotations
@@ -75,12 +78,8 @@ class Schedule:
         return self.stages * self.stage_steps
 
     @property
-    def final(self) -> int:
-        return self.cluster_steps + self.epochs * self.steps_per_epoch
-
-    @property
     def total_steps(self) -> int:
-        return self.final + 1
+        return self.cluster_steps + self.epochs * self.steps_per_epoch
 
     def epoch_of(self, step: int) -> int | None:
         """Triplet-phase epoch e whose start is boundary ``step`` (E for the final one)."""
@@ -99,8 +98,16 @@ class Schedule:
 class PseudoLabelHook:
     """``Hook.fn`` and ``Hook.due`` of the CSAN task (module docstring)."""
 
-    def __init__(self, cfg, schedule: Schedule, store: SampleStore, val_store, batches: CsanBatches,
-                 dim: int, trainable: tuple[str, ...]):
+    def __init__(
+        self,
+        cfg,
+        schedule: Schedule,
+        store: SampleStore,
+        val_store,
+        batches: CsanBatches,
+        dim: int,
+        trainable: tuple[str, ...],
+    ):
         self.cfg, self.schedule, self.store, self.val_store = cfg, schedule, store, val_store
         self.batches, self.dim, self.trainable = batches, dim, trainable
         n_rgb, n_ir = store.num_rgb, store.num_ir
@@ -117,19 +124,17 @@ class PseudoLabelHook:
 
     def due(self, step: int) -> bool:
         s = self.schedule
-        return (
-            step == 0
-            or s.stage_of(step) is not None
-            or s.epoch_of(step) is not None
-            or not self.batches.synced
-        )
+        return step == 0 or s.stage_of(step) is not None or s.epoch_of(step) is not None
+
+    def on_restore(self, state) -> None:
+        """``TaskSetup.on_restore``: the sampler draws from the restored pseudo-labels."""
+        self.batches.install(PseudoLabelTable.from_extra(state.extra))
 
     def __call__(self, hctx, state):
         t0 = time.perf_counter()
         step = int(jax.device_get(state.step))
         extra = dict(state.extra)
         host = {k: np.array(jax.device_get(v)) for k, v in extra.items() if k != "best_params"}
-        params = state.params
         s = self.schedule
         feats = None
         if step == 0:
@@ -145,7 +150,13 @@ class PseudoLabelHook:
         record = None
         if e is not None and not host["stopped"]:
             if self.val_store is not None:
-                params, extra = self._validate(hctx, state, host, extra, e)
+                self._validate(hctx, state, host, extra, e)
+                if host["stopped"]:
+                    hctx.stop(
+                        f"csan: early stop at epoch {e}: validation "
+                        f"{self.cfg.early_stop.metric} {float(host['val'][e]):.4f}, best "
+                        f"{float(host['best']):.4f} at epoch {int(host['best_epoch'])}"
+                    )
             if e < s.epochs and not host["stopped"]:
                 if feats is None:
                     feats = self._embed(hctx, state, self.store)
@@ -162,7 +173,22 @@ class PseudoLabelHook:
             hctx.say(_summary(record))
         if e is not None:
             self._last_end, self._last_epoch = time.perf_counter(), e
-        return state.replace(params=params, extra=extra)
+        return state.replace(extra=extra)
+
+    def finish(self, hctx, state):
+        """The final hook (``Hook(final=True)``), where training ends: the validation of the
+        last epoch unless early stopping ended training, then the best parameters back."""
+        if self.val_store is None:
+            return state
+        step = int(jax.device_get(state.step))
+        extra = dict(state.extra)
+        host = {k: np.array(jax.device_get(v)) for k, v in extra.items() if k != "best_params"}
+        if not host["stopped"] and self.schedule.epoch_of(step) == self.schedule.epochs:
+            self._validate(hctx, state, host, extra, self.schedule.epochs)
+            for key, value in host.items():
+                extra[key] = jnp.asarray(value)
+        best = jax.tree.map(lambda x: jnp.array(x, copy=True), extra["best_params"])
+        return state.replace(params={**state.params, **best}, extra=extra)
 
     # -- phases --------------------------------------------------------------------------------
 
@@ -254,28 +280,23 @@ class PseudoLabelHook:
             host["bank"] = pl.cluster_means(feats, joint, len(cluster))
         return result
 
-    def _validate(self, hctx, state, host: dict, extra: dict, epoch: int):
+    def _validate(self, hctx, state, host: dict, extra: dict, epoch: int) -> None:
+        """Held-out retrieval at ``epoch``: records it in ``host``, copies the parameters into
+        ``extra["best_params"]`` when better, sets ``host["stopped"]`` when patience ran out."""
         es = self.cfg.early_stop
         feats = self._embed(hctx, state, self.val_store)
         value = pl.validation_metric(
             feats, self.val_store.truth, self.val_store.num_rgb, es.direction, es.metric
         )
         host["val"][epoch] = value
-        params = state.params
         if not value <= host["best"]:  # Better (or the first).
             host["best"], host["best_epoch"] = np.float32(value), np.int32(epoch)
-            extra["best_params"] = {g: jax.tree.map(jnp.array, params[g]) for g in self.trainable}
-        elif epoch - int(host["best_epoch"]) >= es.patience:
+            # Own buffers: the state is donated to the step.
+            extra["best_params"] = {
+                g: jax.tree.map(jnp.array, state.params[g]) for g in self.trainable
+            }
+        elif epoch - int(host["best_epoch"]) >= es.patience and epoch < self.schedule.epochs:
             host["stopped"] = np.int32(1)
-            hctx.say(
-                f"csan: early stop at epoch {epoch}: validation {es.metric} {value:.4f}, best "
-                f"{float(host['best']):.4f} at epoch {int(host['best_epoch'])}; its parameters "
-                "are restored and the remaining steps leave them unchanged"
-            )
-        if host["stopped"] or epoch == self.schedule.epochs:
-            best = jax.tree.map(lambda x: jnp.array(x, copy=True), extra["best_params"])
-            params = {**params, **best}  # Own buffers: the state is donated to the step.
-        return params, extra
 
     def _diagnose(self, host: dict, vote_result, epoch: int, step: int, t0: float) -> dict:
         n_rgb = self.store.num_rgb
@@ -294,9 +315,7 @@ class PseudoLabelHook:
         if self.val_store is not None:
             v = float(host["val"][epoch])
             record[f"val_{self.cfg.early_stop.metric}"] = v
-        host["diag"] = np.asarray(
-            [_finite(record.get(k, math.nan)) for k in DIAG_KEYS], np.float32
-        )
+        host["diag"] = np.asarray([_finite(record.get(k, math.nan)) for k in DIAG_KEYS], np.float32)
         return record
 
     def _stage_record(self, hctx, host: dict, stage: int, step: int, t0: float) -> None:

@@ -14,20 +14,21 @@ index, and the losses look the pseudo-labels up in ``state.extra``, which the ta
    ``loss.kind="ptl"``: L = L_PTL + λ · L_PCS (Eq. 4-6); ``"ce"``: cross-entropy on the linked
    pseudo-labels + λ · L_PCS (Table I's "CSAN" row, the memory-bank softmax over linked pairs).
 
-Optimizer: RMSProp (PyTorch's: decay 0.99, eps outside the square root), lr 1e-4, batch 32
-(§IV-C). Early stopping (§III-F "until a drop in validation performance"): with
-``early_stop.holdout_fraction`` > 0 a seeded share of the training identities is held out, and
-their IR→RGB retrieval (labels used for this only) is measured at every epoch boundary; after
-``patience`` epochs without improvement the best parameters are restored and the remaining
-steps change nothing (the core loop has a fixed step count); at the end the best parameters
-are restored too. The last step is a no-op whose boundary serves as "end of training".
+Optimizer: the core's RMSProp (`hfrjax.train.optim`, PyTorch's: decay 0.99, eps outside the
+square root), constant lr 1e-4, batch 32 (§IV-C). Early stopping (§III-F "until a drop in
+validation performance"): with ``early_stop.holdout_fraction`` > 0 a seeded share of the
+training identities is held out, and their IR→RGB retrieval (labels used for this only) is
+measured at every epoch boundary; after ``patience`` epochs without improvement the hook ends
+training there (``HookContext.stop``). The task's final hook (run once where training ends)
+measures the last epoch when training ran to the end and puts the best parameters back.
 
 ``state.extra`` (fixed shapes; N = N_rgb + N_ir training samples, RGB rows first):
 cluster [N] int32 (filtered, -1 = out), raw_cluster [N] int32 (before filtering), link [N_rgb]
 int32 (IR cluster of each RGB cluster, -1 = sits out this epoch), ir_to_rgb [N_ir] int32,
 neighbour [N_rgb] int32 (nearest linked RGB cluster), bank [N, D] float32 (memory bank; [1, 1]
 when unused), diag [8] float32 (logged as ``pl/*`` metrics), val [E + 1] float32, best,
-best_epoch, stopped, and best_params (copies of the trainable groups) with validation.
+best_epoch, stopped (early stopping ended training), and best_params (copies of the trainable
+groups) with validation.
 
 Per-epoch diagnostics: ``diagnostics.jsonl`` and ``diagnostics.png`` in the workdir (counts,
 and purity / link accuracy / NMI / ARI against the identities, which are only monitored);
@@ -42,7 +43,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hfrjax.config import ConfigError, Section
 from hfrjax.data.dataset import Dataset
@@ -54,6 +54,7 @@ from hfrjax.recipes.csan import network, pretrain
 from hfrjax.recipes.csan import pseudo_labels as pl
 from hfrjax.recipes.csan.inputs import CsanBatches, SampleStore
 from hfrjax.tasks import register_task
+from hfrjax.train import optim
 from hfrjax.train import state as state_lib
 from hfrjax.train.task import ExportSpec, Hook, Optimizer, Step, TaskSetup, phases, single
 
@@ -117,13 +118,6 @@ class CsanLossConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class RmspropConfig(Section):
-    lr: float = 1e-4
-    decay: float = 0.99  # PyTorch's alpha.
-    eps: float = 1e-8
-
-
-@dataclasses.dataclass(frozen=True)
 class EarlyStopConfig(Section):
     holdout_fraction: float = 0.0  # Share of training identities held out; 0: no validation.
     metric: str = "Rank-1"  # Rank-1 | Rank-10 | Rank-20 | mAP | mINP
@@ -151,7 +145,9 @@ class CsanConfig(Section):
     clustering: ClusteringConfig = ClusteringConfig()
     filter: FilterConfig = FilterConfig()
     loss: CsanLossConfig = CsanLossConfig()
-    optimizer: RmspropConfig = RmspropConfig()
+    # RMSProp as PyTorch's (alpha 0.99, eps 1e-8 outside the root), lr 1e-4 (§IV-C).
+    optimizer: optim.OptimizerConfig = optim.OptimizerConfig(name="rmsprop", weight_decay=0.0)
+    schedule: optim.ScheduleConfig = optim.ScheduleConfig(name="constant", lr=1e-4)
     early_stop: EarlyStopConfig = EarlyStopConfig()
     test: TestConfig = TestConfig()
     epochs: int = 20  # Triplet-phase epochs (Alg. 1 line 19).
@@ -224,12 +220,11 @@ def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
             model, params, batch["x"], batch["modality"], cached=cached, rng=rng
         )
         cluster = jnp.take(extra["cluster"], batch["index"])
-        live = 1.0 - extra["stopped"].astype(jnp.float32)  # Early-stopped: zero update.
-        return emb, out, cluster, live
+        return emb, out, cluster
 
     def bank_loss(params, model_state, extra, batches, rng):
         b = batches["train"]
-        emb, _, cluster, live = common(params, extra, b, rng)
+        emb, _, cluster = common(params, extra, b, rng)
         is_ir = b["modality"] != 0
         rows = cluster + jnp.where(is_ir, num_rgb, 0)
         n = extra["bank"].shape[0]
@@ -239,11 +234,11 @@ def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
             _l2(emb), rows, labelled, extra["bank"], allowed, cfg.clustering.temperature
         )
         extra = dict(extra, bank=bank)
-        return live * ce, ({"loss/bank_ce": ce, **_diag_metrics(extra)}, model_state, extra)
+        return ce, ({"loss/bank_ce": ce, **_diag_metrics(extra)}, model_state, extra)
 
     def train_loss(params, model_state, extra, batches, rng):
         b = batches["train"]
-        emb, out, cluster, live = common(params, extra, b, rng)
+        emb, out, cluster = common(params, extra, b, rng)
         half = emb.shape[0] // 2
         valid = b["valid"]
         pcs = pixel_channel_sparsity(out, mask=valid)
@@ -251,8 +246,14 @@ def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
         if loss_cfg.kind == "ptl":
             e = _l2(emb) if loss_cfg.normalize else emb
             main, anchors = pseudo_triplet_loss(
-                e[:half], cluster[:half], e[half:], cluster[half:], extra["link"],
-                margin=loss_cfg.margin, rgb_mask=valid[:half], ir_mask=valid[half:],
+                e[:half],
+                cluster[:half],
+                e[half:],
+                cluster[half:],
+                extra["link"],
+                margin=loss_cfg.margin,
+                rgb_mask=valid[:half],
+                ir_mask=valid[half:],
                 return_num_anchors=True,
             )
             metrics.update({"loss/ptl": main, "anchors": anchors})
@@ -271,21 +272,18 @@ def make_losses(cfg: CsanConfig, model, num_rgb: int, cached: bool):
             )
             extra = dict(extra, bank=bank)
             metrics["loss/ce"] = main
-        loss = live * (main + lam * pcs)
+        loss = main + lam * pcs
         return loss, ({**metrics, **_diag_metrics(extra)}, model_state, extra)
 
     return bank_loss, train_loss
 
 
 def _diag_metrics(extra) -> dict:
-    out = {f"pl/{k}": extra["diag"][i] for i, k in enumerate(hooks_lib.DIAG_KEYS)}
-    out["early_stopped"] = extra["stopped"]
-    return out
+    return {f"pl/{k}": extra["diag"][i] for i, k in enumerate(hooks_lib.DIAG_KEYS)}
 
 
-def _finish_loss(params, model_state, extra, batches, rng):
-    """The last step: nothing to learn; its boundary is the end-of-training hook's."""
-    return jnp.zeros(()), ({}, model_state, extra)
+def _never(step: int) -> bool:
+    return False
 
 
 # ------------------------------------------------------------------------------------------
@@ -314,14 +312,17 @@ class CsanTask:
         store = SampleStore(records.subset(~held), "vis", ir_modality, inp.image_size)
         val_store = (
             SampleStore(records.subset(held), "vis", ir_modality, inp.image_size)
-            if held.any() else None
+            if held.any()
+            else None
         )
         size = inp.image_size or Dataset.open(inp.data_dir).info.image_size
         model_cfg = {
             "name": "csan",
             "kwargs": {
-                "dim": m.dim, "backbone_widths": tuple(m.backbone_widths),
-                "backbone_pool": m.backbone_pool, "freeze_backbone": m.freeze_backbone,
+                "dim": m.dim,
+                "backbone_widths": tuple(m.backbone_widths),
+                "backbone_pool": m.backbone_pool,
+                "freeze_backbone": m.freeze_backbone,
                 "input_size": int(size[0]),
             },
         }
@@ -353,14 +354,18 @@ class CsanTask:
         )
         schedule = hooks_lib.Schedule(spe, cfg.clustering.bank_epochs, counts, cfg.epochs)
         batches = CsanBatches(
-            store, batch_size=inp.batch_size, k=inp.k, hard_negatives=inp.hard_negatives,
-            seed=inp.seed, steps_per_epoch=spe, cluster_steps=schedule.cluster_steps,
+            store,
+            batch_size=inp.batch_size,
+            k=inp.k,
+            hard_negatives=inp.hard_negatives,
+            seed=inp.seed,
+            steps_per_epoch=spe,
+            cluster_steps=schedule.cluster_steps,
             mesh=ctx.mesh,
         )
         trainable = network.trainable_groups(m.freeze_backbone)
-        o = cfg.optimizer
-        tx = optax.rmsprop(o.lr, decay=o.decay, eps=o.eps, eps_in_sqrt=False)
-        optimizers = {"rmsprop": Optimizer(trainable, tx, optax.constant_schedule(o.lr))}
+        lr = optim.make_schedule(cfg.schedule, spe, schedule.total_steps)
+        optimizers = {"net": Optimizer(trainable, optim.make_optimizer(cfg.optimizer, lr), lr)}
         n = len(store)
         uses_bank = schedule.stages > 0 or cfg.loss.kind == "ce"
         extra = {
@@ -381,12 +386,11 @@ class CsanTask:
         state = state_lib.create_state(params, {}, optimizers, rng_train, extra)
         bank_loss, train_loss = make_losses(cfg, model, store.num_rgb, m.cache_backbone)
         steps = {
-            "bank": Step(bank_loss, ("train",), ("rmsprop",)),
-            "train": Step(train_loss, ("train",), ("rmsprop",)),
-            "finish": Step(_finish_loss, (), ()),
+            "bank": Step(bank_loss, ("train",), ("net",)),
+            "train": Step(train_loss, ("train",), ("net",)),
         }
         parts = [(schedule.cluster_steps, single("bank"))] if schedule.cluster_steps else []
-        parts += [(schedule.epochs * spe, single("train")), (1, single("finish"))]
+        parts += [(schedule.epochs * spe, single("train"))]
         hook = hooks_lib.PseudoLabelHook(cfg, schedule, store, val_store, batches, m.dim, trainable)
         what = "PTL" if cfg.loss.kind == "ptl" else "CE on pseudo-labels"
         return TaskSetup(
@@ -404,10 +408,19 @@ class CsanTask:
                 input_size=(int(size[0]), int(size[1])),
                 channels=3,
             ),
-            hooks=[Hook("csan_pseudo_labels", hook.due, hook)],
+            hooks=[
+                Hook("csan_pseudo_labels", hook.due, hook),
+                Hook("csan_best_parameters", _never, hook.finish, final=True),
+            ],
+            on_restore=hook.on_restore,
             images_per_step=inp.batch_size,
-            meta={"num_rgb": store.num_rgb, "num_ir": store.num_ir, "ir_modality": ir_modality,
-                  "merge_stages": schedule.stages, "cluster_steps": schedule.cluster_steps},
+            meta={
+                "num_rgb": store.num_rgb,
+                "num_ir": store.num_ir,
+                "ir_modality": ir_modality,
+                "merge_stages": schedule.stages,
+                "cluster_steps": schedule.cluster_steps,
+            },
             describe=(
                 f"CSAN {what} + {cfg.loss.sparsity_weight:g}·PCS, {store.num_rgb} RGB / "
                 f"{store.num_ir} {ir_modality} images, {schedule.stages} merge stages, "
