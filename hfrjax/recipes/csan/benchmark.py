@@ -16,7 +16,11 @@ take seconds, so the spread of repeats is small against the machine's load):
 * ``agglomerate``: singletons to the target count in one step (fixed features);
 * ``filter``: size and silhouette filtering (Alg. 1 lines 4-15) of the target clustering;
 * ``vote``: one epoch's cross-spectral vote and hard-negative neighbours (lines 20-31), every
-  RGB cluster of ``agglomerate`` voting (none filtered out: the most work).
+  RGB cluster of ``agglomerate`` voting (none filtered out: the most work);
+* ``train_step`` (ask for it in ``--steps``): one jitted forward + backward of the CSAN network
+  (frozen VGG16-conv3 + subspaces) on a batch of ``--batch`` images of ``--height`` x
+  ``--width`` (RegDB: 32, 128 x 64), the best of 3 after compilation, and the epoch it implies
+  for ``--rgb + --ir`` images: what the host steps compete with (CSAN §IV-C).
 
 Each record gives the wall time, the largest traced allocation peak (``tracemalloc``, which
 numpy reports to; BLAS scratch is not included) and the load average before the step, since
@@ -168,7 +172,48 @@ def benchmark(args) -> list[dict]:
             describe=lambda r: {"rgb_linked": int((r[1] >= 0).sum())},
             **info,
         )
+    if "train_step" in steps:
+        _measure(
+            "train_step",
+            lambda: _train_step_seconds(args),
+            records,
+            describe=lambda t: {
+                "step_s": round(t, 3),
+                "epoch_s": round(t * -(-(args.rgb + args.ir) // args.batch), 1),
+            },
+            batch=args.batch,
+            height=args.height,
+            width=args.width,
+        )
     return records
+
+
+def _train_step_seconds(args) -> float:
+    """Best of 3 timed calls of a jitted value_and_grad of the CSAN network (half RGB, half
+    IR inputs; the loss is a stand-in: the network's cost is the step's cost)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hfrjax.models import get_model
+
+    model = get_model("csan", input_size=args.height)
+    rng = np.random.default_rng(args.seed)
+    x = jnp.asarray(rng.random((args.batch, args.height, args.width, 3), dtype=np.float32))
+    modality = jnp.asarray([0] * (args.batch // 2) + [2] * (args.batch - args.batch // 2))
+    variables = model.init(jax.random.key(args.seed), x[:2], modality[:2])
+
+    def loss(params):
+        out = model.apply({**variables, "params": params}, x, modality, train=True)
+        return jnp.sum(jnp.abs(out))
+
+    step = jax.jit(jax.value_and_grad(loss))
+    jax.block_until_ready(step(variables["params"]))
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        jax.block_until_ready(step(variables["params"]))
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def main(argv=None) -> None:
@@ -191,6 +236,9 @@ def main(argv=None) -> None:
     p.add_argument("--silhouette", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", default="gemm,first_stage,late_stage,agglomerate,filter,vote")
+    p.add_argument("--batch", type=int, default=32, help="train_step: batch (CSAN: 32)")
+    p.add_argument("--height", type=int, default=128, help="train_step: image height")
+    p.add_argument("--width", type=int, default=64, help="train_step: image width")
     args = p.parse_args(argv)
     records = benchmark(args)
     print("\n| step | seconds | peak MB | load |\n|---|---|---|---|")
