@@ -146,7 +146,9 @@ def test_keys_restrict_and_remap_labels(tiny_dataset):
 
 def test_config_typos_are_errors(tiny_dataset):
     d, _ = tiny_dataset
-    with pytest.raises(ValueError, match=r"unknown key 'input.batchsize'; did you mean 'batch_size'"):
+    with pytest.raises(
+        ValueError, match=r"unknown key 'input.batchsize'; did you mean 'batch_size'"
+    ):
         pipeline.InputConfig.from_dict({"data_dir": str(d), "batchsize": 4})
     with pytest.raises(ValueError, match=r"unknown key 'input.augment.flip'"):
         _cfg(d, augment={"flip": True})
@@ -298,3 +300,115 @@ def test_decode_formats_and_channels():
         aug.decode_image(b"not an image")
     x = aug.normalize_images(np.array([0, 255], np.uint8))
     np.testing.assert_allclose(x, [-1.0, 1.0])
+
+
+def _augment_reference(img, cfg, rng, modality=None):
+    """The plain formulation of `aug.augment` (views, one copy, Generator.uniform): the fast
+    implementation must draw the same numbers and produce the same bytes."""
+    if cfg.hflip and rng.random() < 0.5:
+        img = img[:, ::-1]
+    if img.shape[2] == 3:
+        k = 3
+        if cfg.channel_aug == "red":
+            k = 0 if rng.random() < cfg.channel_aug_p else 3
+        elif cfg.channel_aug == "random_channel":
+            k = int(rng.integers(4))
+        if k < 3:
+            img = np.broadcast_to(img[:, :, k : k + 1], img.shape)
+    img = np.array(img, order="C", copy=True)
+
+    def erase(area, ratio, fill):
+        h, w, c = img.shape
+        for _ in range(10):
+            target = rng.uniform(*area) * h * w
+            aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+            eh, ew = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+            if 0 < eh < h and 0 < ew < w:
+                y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
+                noise = rng.integers(0, 256, (eh, ew, c), dtype=np.uint8)
+                img[y : y + eh, x : x + ew] = 0 if fill == "zero" else noise
+                return
+
+    if cfg.erasing_p > 0 and rng.random() < cfg.erasing_p:
+        erase(cfg.erasing_area, cfg.erasing_ratio, "noise")
+    if cfg.occlude_p > 0 and modality in cfg.occlude_modalities and rng.random() < cfg.occlude_p:
+        erase(cfg.occlude_area, cfg.occlude_ratio, cfg.occlude_fill)
+    return img
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"channel_aug": "red", "erasing_p": 0.5},
+        {"channel_aug": "random_channel", "erasing_p": 1.0, "erasing_area": (0.3, 0.6)},
+        {"hflip": False, "channel_aug": "red", "channel_aug_p": 1.0},
+        {"channel_aug": "red", "occlude_p": 0.8, "occlude_fill": "noise"},
+    ],
+)
+def test_augment_matches_the_plain_formulation(kw):
+    """Same bytes and same random stream as the reference, for RGB images, for single-band
+    images replicated inside `augment` (channels=3) and for single-band outputs."""
+    cfg = aug.AugmentConfig(**kw)
+    src = np.random.default_rng(7)
+    for s in range(40):
+        h, w = (int(v) for v in src.integers(5, 40, 2))
+        rgb = src.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        grey = src.integers(0, 256, (h, w, 1), dtype=np.uint8)
+        for img, kwargs, ref_in in (
+            (rgb, {}, rgb),
+            (grey, {"channels": 3}, np.repeat(grey, 3, axis=2)),
+            (grey, {}, grey),
+        ):
+            r1, r2 = np.random.default_rng(s), np.random.default_rng(s)
+            out = aug.augment(img, cfg, r1, modality="nir", **kwargs)
+            ref = _augment_reference(ref_in, cfg, r2, modality="nir")
+            assert out.flags.c_contiguous and out.dtype == np.uint8
+            np.testing.assert_array_equal(out, ref)
+            assert r1.random() == r2.random()  # Same number of draws.
+    with pytest.raises(ValueError, match="cannot make 3 channels"):
+        aug.augment(np.zeros((4, 4, 2), np.uint8), cfg, np.random.default_rng(0), channels=3)
+
+
+def test_augment_rng_is_numpys_default_rng():
+    """`augment_rng` restates SeedSequence + PCG64 seeding: same state as numpy's, for edge and
+    random seeds and positions; out-of-range values take numpy's path (and its errors)."""
+    from hfrjax.data.pipeline_rng import augment_rng, seed_sequence_state
+
+    src = np.random.default_rng(0)
+    cases = [(0, 0), (0, 1), (3, 2**32 - 1), (2**32 - 1, 2**31)]
+    cases += [tuple(int(v) for v in src.integers(0, 2**32, 2)) for _ in range(200)]
+    for seed, t in cases:
+        ref = np.random.default_rng([seed, 0x5EED, t])
+        assert augment_rng(seed, t).bit_generator.state == ref.bit_generator.state, (seed, t)
+    words = (5, 6, 7, 8)
+    assert (
+        seed_sequence_state(words)
+        == np.random.SeedSequence(words).generate_state(4, np.uint64).tolist()
+    )
+    big = augment_rng(1, 2**40)
+    assert big.random() == np.random.default_rng([1, 0x5EED, 2**40]).random()
+    with pytest.raises(ValueError):
+        augment_rng(-1, 0)
+
+
+def test_decode_native_keeps_one_band_and_expands_like_repeat():
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(grey).save(png, format="PNG")
+    native = aug.decode_native(png.getvalue())
+    assert native.shape == (20, 24, 1) and native.flags.c_contiguous
+    np.testing.assert_array_equal(native[..., 0], grey)
+    np.testing.assert_array_equal(aug.expand_channels(native, 3), np.repeat(native, 3, axis=2))
+    np.testing.assert_array_equal(aug.decode_image(png.getvalue()), np.repeat(native, 3, axis=2))
+    # Resizing the band, then replicating it, equals resizing the 3-channel replica.
+    small = aug.expand_channels(aug.decode_native(png.getvalue(), size=(9, 11)), 3)
+    rgb = Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).resize((11, 9), Image.BILINEAR)
+    np.testing.assert_array_equal(small, np.asarray(rgb))
+    with pytest.raises(ValueError, match="cannot expand 3 channels"):
+        aug.expand_channels(np.zeros((2, 2, 3), np.uint8), 4)

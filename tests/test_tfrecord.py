@@ -174,3 +174,12 @@ def test_sample_validation():
         ).label,
         7,
     )
+
+
+def test_example_image_is_the_encoded_image():
+    s = tfrecord.Sample(b"\xff\xd8 jpeg bytes", 3, "nir", "a", "k/1", "d")
+    assert tfrecord.example_image(tfrecord.encode_example(s)) == s.image
+    ex = tf_example_pb2.Example()
+    ex.features.feature["label"].int64_list.value.append(1)
+    with pytest.raises(ValueError, match="lacks features.*image/encoded"):
+        tfrecord.example_image(ex.SerializeToString())

@@ -42,6 +42,18 @@ def decode_image(
     channels when ``channels == 3``; colour images become luminance when ``channels == 1``.
     ``size`` = (height, width) resizes (bilinear) when the stored crop differs.
     """
+    img = decode_native(data, channels=channels, size=size)
+    return expand_channels(img, channels) if img.shape[2] != channels else img
+
+
+def decode_native(
+    data: bytes, *, channels: int = 3, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """`decode_image` except that a single-band image stays [H, W, 1] when ``channels == 3``
+    (the training pipeline replicates the band once, after flipping the single plane).
+
+    Returns a C-contiguous uint8 array with ``channels`` or 1 channels.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if data[:2] == b"\xff\xd8":
@@ -62,11 +74,28 @@ def decode_image(
             )
     if img.ndim == 2:
         img = img[:, :, None]
-    if img.shape[2] != channels:
-        img = np.repeat(img, channels, axis=2) if img.shape[2] == 1 else img[:, :, :channels]
+    if img.shape[2] not in (1, channels):
+        img = img[:, :, :channels]
     if size is not None and tuple(img.shape[:2]) != tuple(size):
-        img = resize(img, size)
+        img = resize(img, size)  # Per band, so resizing before replicating a band is the same.
     return np.ascontiguousarray(img)
+
+
+def expand_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """[H, W, 1] -> [H, W, channels] with the band replicated (``np.repeat`` on the last axis).
+
+    One strided write per output channel: numpy copies with a 3-element innermost axis
+    (``np.repeat``, or copying a broadcast / flipped view) are several times slower.
+    """
+    if img.shape[2] == channels:
+        return img
+    if img.shape[2] != 1:
+        raise ValueError(f"cannot expand {img.shape[2]} channels to {channels}")
+    out = np.empty((*img.shape[:2], channels), np.uint8)
+    plane = img[:, :, 0]
+    for c in range(channels):
+        out[:, :, c] = plane
+    return out
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -170,25 +199,28 @@ def augment(
     rng: np.random.Generator,
     *,
     modality: str | None = None,
+    channels: int | None = None,
 ) -> np.ndarray:
     """Applies ``cfg`` to one uint8 [H, W, C] image; returns a new contiguous array.
 
-    Flips and channel replication are views; the single copy is made at the end, and erasing
-    and occlusion then write into that copy. ``modality`` (e.g. "nir") selects whether
-    occlusion applies; it is required when ``cfg.occlude_p > 0`` so that occlusion is never
-    silently skipped.
+    ``channels`` (default: C): the output's channels. A single-band input ([H, W, 1], e.g. a
+    NIR image from `decode_native`) with ``channels=3`` gives exactly what augmenting its
+    3-channel replica would give, the random draws included, with the flip done on one plane.
+    Flip and channel selection happen in the one copy of the image; erasing and occlusion then
+    write into that copy. ``modality`` (e.g. "nir") selects whether occlusion applies; it is
+    required when ``cfg.occlude_p > 0`` so that occlusion is never silently skipped.
     """
-    if cfg.hflip and rng.random() < 0.5:
-        img = img[:, ::-1]
-    if img.shape[2] == 3:
-        k = 3
+    channels = img.shape[2] if channels is None else channels
+    if img.shape[2] not in (1, channels):
+        raise ValueError(f"augment: cannot make {channels} channels from {img.shape}")
+    flip = cfg.hflip and rng.random() < 0.5
+    k = channels
+    if channels == 3:
         if cfg.channel_aug == "red":
             k = 0 if rng.random() < cfg.channel_aug_p else 3
         elif cfg.channel_aug == "random_channel":
             k = int(rng.integers(4))
-        if k < 3:
-            img = np.broadcast_to(img[:, :, k : k + 1], img.shape)
-    img = np.array(img, order="C", copy=True)
+    img = _flip_select_copy(img, flip, k, channels)
     if cfg.erasing_p > 0 and rng.random() < cfg.erasing_p:
         erase_in_place(img, rng, cfg.erasing_area, cfg.erasing_ratio)
     if cfg.occlude_p > 0:
@@ -199,6 +231,31 @@ def augment(
         if modality in cfg.occlude_modalities and rng.random() < cfg.occlude_p:
             erase_in_place(img, rng, cfg.occlude_area, cfg.occlude_ratio, fill=cfg.occlude_fill)
     return img
+
+
+def _flip_select_copy(img: np.ndarray, flip: bool, k: int, channels: int) -> np.ndarray:
+    """A new C-contiguous [H, W, channels] array: ``img`` flipped left-right if ``flip``, with
+    every channel set to channel ``k`` if ``k < channels`` (a single band is channel 0 of all).
+
+    Built one output channel at a time (see `expand_channels` for why).
+    """
+    src = img[:, ::-1] if flip else img
+    if img.shape[2] == 1 or k < channels:
+        plane = src[:, :, 0 if img.shape[2] == 1 else k]
+        if channels == 1:
+            return np.array(plane[:, :, None], order="C", copy=True)
+        if plane.strides[1] != 1:
+            plane = np.ascontiguousarray(plane)
+        out = np.empty((*img.shape[:2], channels), np.uint8)
+        for c in range(channels):
+            out[:, :, c] = plane
+        return out
+    if not flip:
+        return np.array(img, order="C", copy=True)
+    out = np.empty(img.shape, np.uint8)
+    for c in range(channels):
+        out[:, :, c] = src[:, :, c]
+    return out
 
 
 def erase_in_place(
@@ -217,9 +274,11 @@ def erase_in_place(
         raise ValueError(f"fill must be one of {ERASE_FILLS}, got {fill!r}")
     h, w, c = img.shape
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    # lo + (hi - lo) * random() is what Generator.uniform(lo, hi) computes, draw for draw
+    # (checked bit for bit in the tests), without its per-call array checks.
     for _ in range(10):
-        target = rng.uniform(*area) * h * w
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        target = (area[0] + (area[1] - area[0]) * rng.random()) * h * w
+        aspect = math.exp(log_lo + (log_hi - log_lo) * rng.random())
         eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < eh < h and 0 < ew < w:
             y, x = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))

@@ -46,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hfrjax.data import augment as augment_lib
 from hfrjax.data import tfrecord
 from hfrjax.data.dataset import Dataset, RecordTable
+from hfrjax.data.pipeline_rng import augment_rng
 
 SAMPLERS = ("plain", "pk", "paired")
 MODES = ("random_access", "streaming")
@@ -60,7 +61,6 @@ from hfrjax.data.record_source import (  # noqa: E402,F401
     CheckedTFRecordIterDataset,
     RecordSource,
 )
-
 
 # --------------------------------------------------------------------------------------------
 # Configuration.
@@ -354,21 +354,29 @@ class _Process:
     def __call__(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
         t, row = element
         data = self._read(row)
+        cfg = self._cfg
         try:
-            sample = tfrecord.decode_example(data)
-            img = augment_lib.decode_image(
-                sample.image, channels=self._cfg.channels, size=self._cfg.image_size
-            )
+            image = tfrecord.example_image(data)
+            if self._train:  # A single band stays one plane until `augment` replicates it.
+                img = augment_lib.decode_native(image, channels=cfg.channels, size=cfg.image_size)
+            else:
+                img = augment_lib.decode_image(image, channels=cfg.channels, size=cfg.image_size)
         except Exception as e:  # noqa: BLE001 - re-raised with the record named.
             raise augment_lib.ImageDecodeError(
                 f"cannot decode {self._source.describe(row)}: {e}"
             ) from e
+        modality = self._modality[row]
         if self._train:
-            rng = np.random.default_rng([self._cfg.seed, 0x5EED, t])
-            img = augment_lib.augment(img, self._cfg.augment, rng, modality=sample.modality)
-        if self._cfg.normalize_on_host:
+            img = augment_lib.augment(
+                img,
+                cfg.augment,
+                augment_rng(cfg.seed, t),
+                modality=tfrecord.MODALITIES[modality],
+                channels=cfg.channels,
+            )
+        if cfg.normalize_on_host:
             img = augment_lib.normalize_images(img)
-        return {"image": img, "label": np.int32(self._labels[row]), "modality": self._modality[row]}
+        return {"image": img, "label": np.int32(self._labels[row]), "modality": modality}
 
 
 # --------------------------------------------------------------------------------------------
