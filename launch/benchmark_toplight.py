@@ -1,7 +1,8 @@
 """TOPLight train-step throughput: dual-path steps against the single-path MobileNetV3 step.
 
   python launch/benchmark_toplight.py [--batch_size=72] [--image_size=288,144]
-      [--width_mult=1.0] [--steps=3] [--json=out.json]
+      [--width_mult=1.0] [--steps=3] [--repeats=3] [--json=out.json] [--compile_cache=DIR]
+  python launch/benchmark_toplight.py --flops [...]   # FLOPs per step only, no compilation
 
 Three steps at the same batch of B images, each the core's jitted train step
 (`hfrjax.train.step.make_train_step`, AdamW) on random uint8 images:
@@ -11,14 +12,17 @@ Three steps at the same batch of B images, each the core's jitted train step
   through Block1-2;
 * ``top``: the TOP network (Block1-4 per path) with Eq. 4 (`task.top_loss_terms`): B source
   images, each through *both* paths (colour and texture copies), so 2B images pass Block1-7.
-Reported: seconds per step (best of --repeats after warm-up), images/s (B / step time; for
-``top`` also the 2B path-images/s) and the ratio to ``single``.
+All steps are compiled first, then timed in turns (round robin, --repeats turns of --steps
+steps), so that load changes on a shared machine hit every kind alike. Reported: seconds per
+step (median and min over the turns), images/s (B / median step time; for ``top`` also the 2B
+path-images/s) and the ratio to ``single``.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 
 from absl import app, flags
@@ -28,10 +32,13 @@ _SIZE = flags.DEFINE_list("image_size", ["288", "144"], "height,width")
 _WIDTH = flags.DEFINE_float("width_mult", 1.0, "MobileNetV3 width multiplier")
 _CLASSES = flags.DEFINE_integer("num_classes", 395, "identities (SYSU-MM01's 395)")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per repeat")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "repeats (best is reported)")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "turns (the median is reported)")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
 _KINDS = flags.DEFINE_list("kinds", ["single", "vi", "top"], "steps to time")
 _JSON = flags.DEFINE_string("json", "", "write results here")
+_CACHE = flags.DEFINE_string("compile_cache", "", "JAX persistent compilation cache directory")
+_FLOPS = flags.DEFINE_bool("flops", False, "only print each step's FLOPs (XLA cost analysis of "
+                           "the lowered step; no compilation, no timing)")
 
 
 def _build(kind: str, batch: int, size: tuple[int, int], width: float, classes: int):
@@ -122,7 +129,8 @@ class _Cfg:
         self.input = type("I", (), {"image_size": tuple(size), "channels": 3})()
 
 
-def bench(kind: str, batch: int, size, width: float, classes: int) -> dict:
+def compile_step(kind: str, batch: int, size, width: float, classes: int) -> dict:
+    """Builds and compiles one kind's train step (its first call); returns the run record."""
     import jax
 
     from hfrjax.data.pipeline import to_global
@@ -131,51 +139,91 @@ def bench(kind: str, batch: int, size, width: float, classes: int) -> dict:
 
     mesh = mesh_lib.make_mesh()
     spec, opts, state, data = _build(kind, batch, size, width, classes)
-    step = make_train_step(spec, opts, mesh)
+    fn = make_train_step(spec, opts, mesh)
     batches = {"train": to_global(data, mesh)}
     t = time.perf_counter()
-    state, m = step(state, batches)
+    state, m = fn(state, batches)
     jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t
-    for _ in range(_WARMUP.value):
-        state, m = step(state, batches)
-        jax.block_until_ready(m)
-    best = float("inf")
-    for _ in range(_REPEATS.value):
-        t = time.perf_counter()
-        for _ in range(_STEPS.value):
-            state, m = step(state, batches)
-        jax.block_until_ready(m)
-        best = min(best, (time.perf_counter() - t) / _STEPS.value)
-    out = {"kind": kind, "batch": batch, "step_s": best, "images_per_s": batch / best,
-           "compile_s": compile_s, "loss": float(m["loss"])}
-    if kind == "top":
-        out["path_images_per_s"] = 2 * batch / best
-    return out
+    return {"kind": kind, "fn": fn, "state": state, "batches": batches,
+            "compile_s": time.perf_counter() - t, "times": [], "loss": None}
+
+
+def step_flops(kind: str, batch: int, size, width: float, classes: int) -> float:
+    """FLOPs of one kind's train step: XLA's cost analysis of the lowered (uncompiled) HLO."""
+    from hfrjax.data.pipeline import to_global
+    from hfrjax.train import mesh as mesh_lib
+    from hfrjax.train.step import make_train_step
+
+    mesh = mesh_lib.make_mesh()
+    spec, opts, state, data = _build(kind, batch, size, width, classes)
+    lowered = make_train_step(spec, opts, mesh).lower(state, {"train": to_global(data, mesh)})
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def time_in_turns(runs: list[dict], warmup: int, repeats: int, steps: int) -> None:
+    """Times every run's step round robin, so a change in the machine's load during the
+    benchmark hits every kind alike (a shared CPU's load moves by several x in minutes)."""
+    import jax
+
+    for r in runs:
+        for _ in range(warmup):
+            r["state"], m = r["fn"](r["state"], r["batches"])
+            jax.block_until_ready(m)
+    for _ in range(repeats):
+        for r in runs:
+            t = time.perf_counter()
+            for _ in range(steps):
+                r["state"], m = r["fn"](r["state"], r["batches"])
+            jax.block_until_ready(m)
+            r["times"].append((time.perf_counter() - t) / steps)
+            r["loss"] = float(m["loss"])
 
 
 def main(argv):
     del argv
     import jax
 
+    if _CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     size = tuple(int(x) for x in _SIZE.value)
-    if _BATCH.value % 4:
+    batch = _BATCH.value
+    if batch % 4:
         raise app.UsageError("--batch_size must be a multiple of 4")
-    rows = []
+    if _FLOPS.value:
+        flops = {k: step_flops(k, batch, size, _WIDTH.value, _CLASSES.value) for k in _KINDS.value}
+        base = flops.get("single")
+        print(f"batch {batch}, {size[0]}x{size[1]}, width {_WIDTH.value}: GFLOP per train step")
+        for kind, f in flops.items():
+            print(f"  {kind}: {f / 1e9:.2f}" + (f" ({f / base:.2f}x single)" if base else ""))
+        return
+    runs = []
     for kind in _KINDS.value:
-        r = bench(kind, _BATCH.value, size, _WIDTH.value, _CLASSES.value)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+        runs.append(compile_step(kind, batch, size, _WIDTH.value, _CLASSES.value))
+        print(f"compiled {kind} in {runs[-1]['compile_s']:.1f} s", flush=True)
+    time_in_turns(runs, _WARMUP.value, _REPEATS.value, _STEPS.value)
+    rows = []
+    for r in runs:
+        sec = statistics.median(r["times"])
+        row = {"kind": r["kind"], "batch": batch, "step_s": sec, "min_step_s": min(r["times"]),
+               "images_per_s": batch / sec, "compile_s": r["compile_s"], "loss": r["loss"]}
+        if r["kind"] == "top":
+            row["path_images_per_s"] = 2 * batch / sec
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     base = next((r for r in rows if r["kind"] == "single"), None)
     print(f"\n{platform.processor() or platform.machine()}, {jax.device_count()} "
-          f"{jax.default_backend()} device(s); batch {_BATCH.value}, {size[0]}x{size[1]}, "
-          f"width {_WIDTH.value}\n")
-    print("| step | s/step | images/s | vs single |")
-    print("|---|---|---|---|")
+          f"{jax.default_backend()} device(s); batch {batch}, {size[0]}x{size[1]}, "
+          f"width {_WIDTH.value}; median of {_REPEATS.value} turns of {_STEPS.value} steps\n")
+    print("| step | s/step (median) | s/step (min) | images/s | vs single |")
+    print("|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
         extra = f" ({r['path_images_per_s']:.1f} path-images/s)" if "path_images_per_s" in r else ""
-        print(f"| {r['kind']} | {r['step_s']:.3f} | {r['images_per_s']:.1f}{extra} | {ratio} |")
+        print(f"| {r['kind']} | {r['step_s']:.3f} | {r['min_step_s']:.3f} | "
+              f"{r['images_per_s']:.1f}{extra} | {ratio} |")
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"rows": rows, "image_size": size, "width_mult": _WIDTH.value}, f, indent=1)
