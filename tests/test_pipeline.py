@@ -386,6 +386,10 @@ def test_augment_rng_is_numpys_default_rng():
         seed_sequence_state(words)
         == np.random.SeedSequence(words).generate_state(4, np.uint64).tolist()
     )
+    ts = np.arange(2**32 - 3, 2**32, dtype=np.uint64)  # Vectorised over positions.
+    many = np.stack(seed_sequence_state((9, 10, ts)), axis=1)
+    for row, t in zip(many.tolist(), ts.tolist()):
+        assert row == seed_sequence_state((9, 10, t))
     big = augment_rng(1, 2**40)
     assert big.random() == np.random.default_rng([1, 0x5EED, 2**40]).random()
     with pytest.raises(ValueError):
@@ -412,3 +416,37 @@ def test_decode_native_keeps_one_band_and_expands_like_repeat():
     np.testing.assert_array_equal(small, np.asarray(rgb))
     with pytest.raises(ValueError, match="cannot expand 3 channels"):
         aug.expand_channels(np.zeros((2, 2, 3), np.uint8), 4)
+
+
+def test_process_pickles_for_worker_processes(tiny_dataset):
+    """grain pickles the per-element function for `input.worker_count` workers: the record
+    source (a lock, open descriptors) is rebuilt on the other side; same output."""
+    import pickle
+
+    d, _ = tiny_dataset
+    ds = Dataset.open(d)
+    process = pipeline._Process(
+        pipeline.RecordSource(ds.records), ds.records.label, _cfg(d), train=True
+    )
+    process((0, 0))  # Opens a descriptor.
+    clone = pickle.loads(pickle.dumps(process))
+    for t in range(5):
+        a, b = process((t, t)), clone((t, t))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_in_process_batches(tiny_dataset):
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["pytest"])  # grain's workers read absl flags.
+    d, _ = tiny_dataset
+    ref = _take(pipeline.make_train_input(_cfg(d), process_index=0, process_count=1), 3)
+    inp = pipeline.make_train_input(_cfg(d, worker_count=2), process_index=0, process_count=1)
+    try:
+        got = _take(inp, 3)
+    finally:
+        inp.iterator.close()
+    for a, b in zip(ref, got):
+        assert all(np.array_equal(a[k], b[k]) for k in a)

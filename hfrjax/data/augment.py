@@ -244,8 +244,6 @@ def _flip_select_copy(img: np.ndarray, flip: bool, k: int, channels: int) -> np.
         plane = src[:, :, 0 if img.shape[2] == 1 else k]
         if channels == 1:
             return np.array(plane[:, :, None], order="C", copy=True)
-        if plane.strides[1] != 1:
-            plane = np.ascontiguousarray(plane)
         out = np.empty((*img.shape[:2], channels), np.uint8)
         for c in range(channels):
             out[:, :, c] = plane

@@ -327,6 +327,18 @@ class _Process:
         self._source, self._labels, self._cfg, self._train = source, label_of_row, cfg, train
         self._modality = np.array([modality_code(m) for m in source.records.modality], np.int32)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # grain pickles the dataset for its worker processes (input.worker_count): the record
+        # source travels as its table (its lock and open descriptors cannot be pickled) and is
+        # rebuilt in the worker.
+        state = dict(self.__dict__)
+        state["_source"] = (self._source.records, self._source._verify)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        records, verify = state["_source"]
+        self.__dict__.update(state, _source=RecordSource(records, verify=verify))
+
     def _read(self, row: int) -> bytes:
         try:
             return self._source[row]

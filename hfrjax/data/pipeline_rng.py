@@ -43,9 +43,10 @@ _HASH_A = _constants(_INIT_A, _MULT_A, _POOL + _POOL * (_POOL - 1))
 _HASH_B = _constants(_INIT_B, _MULT_B, 2 * _POOL)
 
 
-def seed_sequence_state(words: tuple[int, ...]) -> list[int]:
-    """``np.random.SeedSequence(words).generate_state(4, np.uint64)`` as Python ints, for at
-    most 4 entropy words, each in [0, 2**32)."""
+def seed_sequence_state(words: tuple) -> list:
+    """``np.random.SeedSequence(words).generate_state(4, np.uint64)`` for at most 4 entropy
+    words in [0, 2**32): Python ints, or uint64 arrays to compute many sequences at once (the
+    uint32 arithmetic is done modulo 2**64, then masked)."""
     if len(words) > _POOL:
         raise ValueError(f"at most {_POOL} words, got {len(words)}")
     pool = []
@@ -67,9 +68,10 @@ def seed_sequence_state(words: tuple[int, ...]) -> list[int]:
     return [w[2 * i] | w[2 * i + 1] << 32 for i in range(_POOL)]
 
 
-def pcg64_state(words: tuple[int, ...]) -> dict:
-    """``np.random.PCG64(words).state`` (``default_rng(words).bit_generator.state``)."""
-    s0, s1, i0, i1 = seed_sequence_state(words)
+def pcg64_state(seed_state: list[int]) -> dict:
+    """``np.random.PCG64`` state seeded from ``seed_state`` (4 uint64 from `seed_sequence_state`),
+    as ``default_rng(words).bit_generator.state``."""
+    s0, s1, i0, i1 = seed_state
     inc = (((i0 << 64) | i1) << 1 | 1) & _M128
     state = ((inc + ((s0 << 64) | s1)) * _PCG_MULT + inc) & _M128  # Two LCG steps from 0.
     return {
@@ -80,7 +82,26 @@ def pcg64_state(words: tuple[int, ...]) -> dict:
     }
 
 
+_BLOCK = 512  # Positions whose seed states are computed together (vectorised).
 _local = threading.local()
+
+
+def _seed_state(seed: int, position: int) -> list[int]:
+    """`seed_sequence_state` of (seed, tag, position), from this thread's cache of the current
+    block of positions (images are read in nearly increasing positions)."""
+    block, j = divmod(position, _BLOCK)
+    cache = getattr(_local, "blocks", None)
+    if cache is None:
+        cache = _local.blocks = {}
+    rows = cache.get((seed, block))
+    if rows is None:
+        t = np.arange(block * _BLOCK, (block + 1) * _BLOCK, dtype=np.uint64)
+        states = seed_sequence_state((seed, _TAG, t))
+        rows = np.stack(states, axis=1).tolist()
+        if len(cache) >= 4:
+            cache.pop(next(iter(cache)))
+        cache[(seed, block)] = rows
+    return rows[j]
 
 
 def augment_rng(seed: int, position: int) -> np.random.Generator:
@@ -89,10 +110,10 @@ def augment_rng(seed: int, position: int) -> np.random.Generator:
     It is this thread's reused generator: use it before the next call in the same thread.
     Seeds or positions outside [0, 2**32) take numpy's own (slower) path.
     """
-    if not (0 <= seed <= _M32 and 0 <= position <= _M32):
+    if not (0 <= seed <= _M32 and 0 <= position <= _M32 - _BLOCK):
         return np.random.default_rng([seed, _TAG, position])
     gen = getattr(_local, "generator", None)
     if gen is None:
         gen = _local.generator = np.random.Generator(np.random.PCG64(0))
-    gen.bit_generator.state = pcg64_state((seed, _TAG, position))
+    gen.bit_generator.state = pcg64_state(_seed_state(seed, position))
     return gen
