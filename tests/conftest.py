@@ -1,13 +1,43 @@
-"""Shared fixtures: a tiny NIR-VIS dataset written in the library's on-disk format."""
+"""Shared fixtures: a tiny NIR-VIS dataset written in the library's on-disk format.
 
+Also a compilation cache for the whole run: many tests build the same tiny model, training
+step or evaluation, and XLA's CPU compilations (threefry initialisers above all) are most of
+their time. JAX's persistent cache reuses an identical executable instead of compiling it again;
+the code under test is still traced and lowered every time. The cache lives in a fresh
+temporary folder (removed at exit), so every run starts cold and nothing outlives it; xdist
+workers and subprocesses inherit it through the environment and share it (a size limit turns
+on JAX's file lock). ``HFRJAX_TEST_COMPILE_CACHE=0`` turns it off; a ``JAX_COMPILATION_CACHE_DIR``
+already set is used as it is.
+"""
+
+import atexit
 import io
+import os
+import shutil
+import tempfile
 
-import numpy as np
-import pytest
-from PIL import Image
+if os.environ.get("HFRJAX_TEST_COMPILE_CACHE", "1") != "0":
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        _cache_dir = tempfile.mkdtemp(prefix="hfrjax_test_jax_cache_")
+        atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
-from hfrjax.data import tfrecord
-from hfrjax.data.dataset import DatasetInfo
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hfrjax.data import tfrecord  # noqa: E402
+from hfrjax.data.dataset import DatasetInfo  # noqa: E402
+
+if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # Also if jax was imported before this file.
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    for _name in ("persistent_cache_min_compile_time_secs", "compilation_cache_max_size"):
+        _value = os.environ.get(f"JAX_{_name.upper()}")
+        if _value is not None:
+            jax.config.update(f"jax_{_name}", type(getattr(jax.config, f"jax_{_name}"))(_value))
 
 
 def encode_png(img: np.ndarray) -> bytes:
