@@ -240,3 +240,14 @@ def test_rmsprop_matches_pytorch_formula_in_float64():
         t.grad = torch.tensor(g, dtype=torch.float64)
         opt.step()
     np.testing.assert_allclose(t.detach().numpy(), ref, rtol=1e-12)
+
+
+def test_a_finished_run_given_more_steps_trains_on(tmp_path):
+    """Extending a finished run (a larger total) trains on; a stopped one stays stopped."""
+    CALLS.clear()
+    trainer.train(config(steps=6, final_hook=True), str(tmp_path / "a"))
+    r = trainer.train(config(steps=10, final_hook=True), str(tmp_path / "a"))
+    assert int(r.state.step) == 10 and CALLS["final"] == [6, 10]
+    trainer.train(config(steps=20, stop_at=4), str(tmp_path / "b"))
+    r = trainer.train(config(steps=30, stop_at=4), str(tmp_path / "b"))
+    assert int(r.state.step) == 4

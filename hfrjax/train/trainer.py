@@ -299,6 +299,8 @@ class _Runner:
         restored_meta = restored_meta or {}
         step = int(jax.device_get(state.step))
         finished = restored_meta.get("finished")  # Set by the save after the final hooks.
+        if finished and not finished.get("stopped") and step < total:
+            finished = None  # A finished run given more steps trains on.
         done = self._done()
         if start is not None and done and done.get("step") == step and (step >= total or finished):
             say(f"{self.workdir} is complete (step {step}); nothing to do")
