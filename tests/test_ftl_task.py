@@ -28,7 +28,7 @@ from hfrjax.recipes.ftl import configs as ftl_configs
 from hfrjax.recipes.ftl import evaluation, run
 from hfrjax.recipes.ftl import task as ftl_task
 from hfrjax.recipes.ftl.inputs import ListSampler, RecordImages, pad_rows, unpad_rows
-from hfrjax.tasks import default_config, parse_config
+from hfrjax.tasks import parse_config
 from hfrjax.train import mesh as mesh_lib
 from hfrjax.train import reporting, trainer
 from hfrjax.train import step as step_lib
@@ -157,8 +157,6 @@ def test_plan_alternates_stages_after_pretraining_and_stats_precede_stage_one():
     assert plan == ["pretrain"] * 3 + ["stage1"] * 2 + ["stage2"] * 2 + ["stage1"] * 2 + ["stage2"] * 2
     due = ftl_task.stats_due(3, 2)
     assert [s for s in range(12) if due(s)] == [3, 7, 11]
-    first = ftl_task.first_boundary()
-    assert [first(s) for s in (5, 5, 6)] == [True, False, False]
     tx, schedule = ftl_task.adam_for(ftl_task.AdamConfig(pretrain_lr=2e-4, lr=1e-5), 3)
     assert [float(schedule(n)) for n in (0, 2, 3, 9)] == pytest.approx([2e-4, 2e-4, 1e-5, 1e-5])
 
@@ -177,10 +175,14 @@ def test_setup_builds_named_inputs_groups_and_plan(data, tmp_path):
     extra = setup.state.extra
     assert extra["centres"].shape == (12, 8) and extra["basis"].shape == (8, 4)
     assert extra["hard_rows"].shape == (3 * 8,) and setup.meta["ftl"]["ur_classes"] == 9
-    # Baselines: one step, one input, no hooks, no statistics.
-    base, _, _ = make_setup(tiny_config(data, mode="ml2"), tmp_path)
+    # No hold-out set, no evaluator; the hard list is handed back after a restore.
+    assert setup.evaluators == {} and setup.on_restore is not None
+    # Baselines: one step, one input, no hooks, no statistics, nothing to restore.
+    holdout = {"holdout.data_dir": str(data / "holdout")}
+    base, _, _ = make_setup(tiny_config(data, mode="ml2", **holdout), tmp_path)
     assert set(base.steps) == {"pretrain"} and set(base.inputs) == {"train"}
-    assert not base.hooks and base.state.extra == {}
+    assert not base.hooks and base.state.extra == {} and base.on_restore is None
+    assert list(base.evaluators) == [evaluation.EVALUATOR]
 
 
 @pytest.mark.parametrize(
@@ -368,12 +370,24 @@ def test_softmax_baseline_logs_but_does_not_add_the_m_l2_term(data, tmp_path):
 
 
 def _losses(workdir):
-    return [(m["step"], m["loss"]) for m in reporting.read_metrics(workdir)]
+    return [(m["step"], m["loss"]) for m in reporting.read_metrics(workdir) if "loss" in m]
+
+
+HOLDOUT_METRICS = [f"{evaluation.EVALUATOR}/{m}" for m in evaluation.METRICS]
 
 
 def _resume_matches(data, tmp_path, stops):
-    ref = trainer.train(tiny_config(data), str(tmp_path / "ref"))
+    # The reference also runs the loop's hold-out evaluator (no effect on training).
+    ref_cfg = tiny_config(data, **{"holdout.data_dir": str(data / "holdout")})
+    ref_cfg.holdout.gallery_dir = str(data / "train_10K10K")
+    ref = trainer.train(ref_cfg, str(tmp_path / "ref"))
     assert int(ref.state.extra["stats_version"]) == 2  # UpdateStats before steps 3 and 7.
+    assert list(ref.eval_results["metrics"]) == HOLDOUT_METRICS
+    own = json.loads((tmp_path / "ref" / evaluation.EVAL_FILE).read_text())
+    assert own["step"] == 8 and "before" in own["weight_norms"]
+    assert ref.eval_results["mean"] == {f"{evaluation.EVALUATOR}/{k}": v for k, v in own["mean"].items()}
+    loop_json = json.loads((tmp_path / "ref" / "eval.json").read_text())
+    assert loop_json["mean"] == ref.eval_results["mean"] and loop_json["tasks"]["holdout"] == own
     for stop in stops:
         work = tmp_path / f"split{stop}"
         if stop == 2:  # Pretraining's end (total 2 is not an FTL config): the reference's
@@ -471,7 +485,7 @@ def test_table1_sweep_layout():
     cfg = ftl_configs.table1_sweep("synthetic")
     names = [c["name"] for c in cfg.cells]
     assert names == [f"{r}-{m}" for r in ftl_configs.ROWS for m in ftl_configs.METHODS if m != "ftl" or r not in ("10K0K", "60K0K")]
-    assert list(cfg.table["metrics"]) == list(evaluation.METRICS)
+    assert list(cfg.table["metrics"]) == HOLDOUT_METRICS
 
 
 @pytest.mark.slow
@@ -484,9 +498,9 @@ def test_tiny_table1_sweep_runs_and_tables_every_method(data, tmp_path):
     )
     assert [c["name"] for c in sweep_cfg.cells] == ["10K0K-softmax", "10K0K-ml2", "10K10K-softmax", "10K10K-ml2", "10K10K-ftl"]
     results = run.run_table(sweep_cfg, str(tmp_path / "sweep"), say=lambda m: None)
-    assert all(set(r["0"]["mean"]) == set(evaluation.METRICS) for r in results.values())
+    assert all(set(r["0"]["mean"]) == set(HOLDOUT_METRICS) for r in results.values())
     table = (tmp_path / "sweep" / "tables.md").read_text()
-    assert "| 10K10K-ftl |" in table and "rank1_ur_f" in table
+    assert "| 10K10K-ftl |" in table and "holdout/rank1_ur_f" in table
     ftl_dir = next((tmp_path / "sweep" / "runs").glob("train-*/ftl_stats.json")).parent
     ev = json.loads((ftl_dir / run.EVAL_FILE).read_text())
     assert ev["mode"] == "ftl" and "before" in ev["weight_norms"]
@@ -502,6 +516,6 @@ def test_conv_network_trains_through_every_stage_and_evaluates(data, tmp_path):
     assert int(r.state.step) == 6 and int(r.state.extra["stats_version"]) == 1
     assert {int(r.state.updates[g]) for g in ("enc", "dec")} == {2 + 2}  # pretraining + stage 2
     assert int(r.state.updates["fc"]) == 2 + 2 and int(r.state.updates["filter"]) == 6
-    assert set(r.eval_results["mean"]) == set(evaluation.METRICS)
+    assert set(r.eval_results["mean"]) == set(HOLDOUT_METRICS)
     again = run.evaluate_workdir(tmp_path / "conv")
     assert again["mean"] == pytest.approx(r.eval_results["mean"])

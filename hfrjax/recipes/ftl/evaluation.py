@@ -10,6 +10,8 @@ Under-Represented Data", §4.3, Table 1; Fig. 1b).
 * LFW-style verification (10 folds, InsightFace's protocol) of g and f on a pair pack.
 * The classifier weight norm of each class against its number of training images, before
   (after pretraining) and after FTL, as a PNG (the paper's Fig. 1b observation).
+* `evaluate_trained`: all of it for trained variables; the ``ftl`` task runs it as the loop's
+  evaluator ``holdout`` (metrics ``holdout/<metric>`` in the loop's ``eval.json``).
 
 Which hold-out classes are regular: the first ``regular_classes`` labels (the hold-out
 ``dataset.json`` extra, as the synthetic long-tailed sets and `subsets` write it).
@@ -17,6 +19,7 @@ Which hold-out classes are regular: the first ``regular_classes`` labels (the ho
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +37,8 @@ METRICS = tuple(
 )
 PACK_FILE = "verification.bin"
 PLOT_FILE = "weight_norms.png"
+EVAL_FILE = "ftl_eval.json"  # The whole hold-out result, unprefixed names.
+EVALUATOR = "holdout"  # The task's evaluator: eval.json metrics "holdout/<metric>".
 
 FeatureFn = Callable[[np.ndarray], dict]  # uint8 images -> {"g": [B, D], "f": [B, D]} raw
 
@@ -191,6 +196,90 @@ def evaluate_holdout(
             metrics[f"verify_{k}"] = float(verification[k]["accuracy"])
     ordered = {m: metrics[m] for m in METRICS if m in metrics}
     return {"metrics": ordered, "counts": counts, "verification": verification}
+
+
+def evaluate_trained(
+    cfg, model_cfg: dict, params, model_state, extra, mesh, workdir: str | Path, step: int
+) -> dict:
+    """The hold-out evaluation of trained variables (``cfg``: the task's `FTLConfig`): a
+    one-"fold" result in the protocol format with the counts, verification details and
+    weight norms beside it; written to ``workdir/ftl_eval.json`` with ``weight_norms.png``."""
+    import jax
+
+    from hfrjax import models
+    from hfrjax.fileio import write_text_atomic
+    from hfrjax.recipes.ftl import statistics
+    from hfrjax.recipes.ftl.device import MeshFunction
+
+    h = cfg.holdout
+    if not h.data_dir:
+        raise ValueError("no hold-out set: set holdout.data_dir (or eval.data_dir in a sweep)")
+    network = models.get_model(model_cfg["name"], **model_cfg["kwargs"])
+    fn = MeshFunction(features_function(network), params, model_state, mesh)
+    size = model_cfg["kwargs"]["input_size"]
+    r = evaluate_holdout(
+        fn,
+        train_dir=cfg.input.data_dir,
+        holdout_dir=h.data_dir,
+        gallery_dir=h.gallery_dir,
+        pack=h.pack,
+        batch_size=h.batch_size,
+        image_size=(size, size),
+        channels=cfg.input.channels,
+        flip=h.flip,
+    )
+    _, class_ids, _ = pipeline.select_train_records(cfg.input)
+    kernel = np.asarray(params["fc"]["kernel"])
+    sizes = statistics.class_sizes(class_ids, kernel.shape[1])
+    after = np.linalg.norm(kernel, axis=0)
+    before = None
+    if extra and int(np.asarray(extra.get("stats_version", 0))) > 0:
+        before = np.asarray(extra["fc_norm_pretrained"])
+    ur_max = cfg.stats.ur_max_images
+    norms = {"after": weight_norm_summary(after, sizes, ur_max)}
+    if before is not None:
+        norms["before"] = weight_norm_summary(before, sizes, ur_max)
+    workdir = Path(workdir)
+    if h.plot and jax.process_index() == 0:
+        plot_weight_norms(
+            workdir / PLOT_FILE, sizes, after, before, ur_max_images=ur_max,
+            title=f"FTL mode {cfg.mode}: classifier weight norm vs class size",
+        )
+    metrics = r["metrics"]
+    result = {
+        "protocol": "ftl_holdout",
+        "direction": "vis->vis",
+        "metrics": list(metrics),
+        "folds": [{"fold": 1, "metrics": metrics}],
+        "mean": dict(metrics),
+        "std": {k: 0.0 for k in metrics},
+        "step": int(step),
+        "mode": cfg.mode,
+        "train_dir": cfg.input.data_dir,
+        "holdout_dir": h.data_dir,
+        "counts": r["counts"],
+        "weight_norms": norms,
+        "verification": {
+            k: {n: v for n, v in res.items() if n in ("accuracy", "accuracy_std", "threshold")}
+            for k, res in r["verification"].items()
+        },
+    }
+    result = _jsonable(result)
+    if jax.process_index() == 0:
+        write_text_atomic(workdir / EVAL_FILE, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Train an ``ftl`` run and evaluate it on the hold-out set; or a whole Table 1 sweep.
+"""Train an ``ftl`` run (the loop evaluates it on the hold-out set); or a whole Table 1 sweep.
 
-The loop's own evaluation (``eval.data_dir``) runs HFR protocols; FTL's nearest-centre rank-1
-(§4.3) needs each class's *training* images as its gallery, which no protocol holds, so it runs
-here, after `hfrjax.train.trainer.train`:
+FTL's nearest-centre rank-1 (§4.3) needs each class's *training* images as its gallery, which
+no HFR protocol holds, so it is the task's evaluator ``holdout``
+(`hfrjax.recipes.ftl.evaluation.evaluate_trained`), run by the loop with its evaluations and
+merged into the workdir's ``eval.json`` as ``holdout/<metric>``; the whole result goes to
+``ftl_eval.json`` and the classifier norms to ``weight_norms.png``:
 
   python -m hfrjax.recipes.ftl.run train --config=configs/ftl/synthetic.py:variant=10K30K \\
       --workdir=/tmp/ftl_run
@@ -10,9 +12,8 @@ here, after `hfrjax.train.trainer.train`:
   python -m hfrjax.recipes.ftl.run sweep --config=configs/ftl/table1_synthetic.py \\
       --out=/tmp/ftl_table1 --synth=longtail
 
-`train_and_evaluate(config, workdir)` is the sweep's ``train_fn``: it trains (resuming as the
-trainer does), then writes ``ftl_eval.json`` and ``eval.json`` (a one-"fold" result in the
-protocol format, so `hfrjax.sweep` tables it) and ``weight_norms.png``. A sweep stage must set
+`train_and_evaluate(config, workdir)` is the sweep's ``train_fn``: `prepare_config` then
+`hfrjax.train.trainer.train` (resuming as the trainer does). A sweep stage must set
 ``eval.data_dir`` (the sweep's rule for evaluated stages): a directory without ``protocols/``
 there is taken as the FTL hold-out set (``holdout.data_dir``) and the loop's protocol
 evaluation is skipped.
@@ -23,19 +24,17 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from hfrjax.fileio import write_text_atomic
-from hfrjax.recipes.ftl import evaluation, statistics
+from hfrjax.recipes.ftl import evaluation
 
-EVAL_FILE = "ftl_eval.json"
+EVAL_FILE = evaluation.EVAL_FILE
 
 
 def prepare_config(config: Any):
@@ -50,120 +49,24 @@ def prepare_config(config: Any):
     return c
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
-def evaluate_trained(
-    cfg, model_cfg: dict, params, model_state, extra, mesh, workdir: str | Path, step: int
-) -> dict:
-    """The hold-out evaluation of trained variables (``cfg``: the task's `FTLConfig`)."""
-    from hfrjax import models
-    from hfrjax.data import pipeline
-    from hfrjax.recipes.ftl.device import MeshFunction
-
-    h = cfg.holdout
-    if not h.data_dir:
-        raise ValueError("no hold-out set: set holdout.data_dir (or eval.data_dir in a sweep)")
-    network = models.get_model(model_cfg["name"], **model_cfg["kwargs"])
-    fn = MeshFunction(evaluation.features_function(network), params, model_state, mesh)
-    size = model_cfg["kwargs"]["input_size"]
-    r = evaluation.evaluate_holdout(
-        fn,
-        train_dir=cfg.input.data_dir,
-        holdout_dir=h.data_dir,
-        gallery_dir=h.gallery_dir,
-        pack=h.pack,
-        batch_size=h.batch_size,
-        image_size=(size, size),
-        channels=cfg.input.channels,
-        flip=h.flip,
-    )
-    _, class_ids, _ = pipeline.select_train_records(cfg.input)
-    kernel = np.asarray(params["fc"]["kernel"])
-    sizes = statistics.class_sizes(class_ids, kernel.shape[1])
-    after = np.linalg.norm(kernel, axis=0)
-    before = None
-    if extra and int(np.asarray(extra.get("stats_version", 0))) > 0:
-        before = np.asarray(extra["fc_norm_pretrained"])
-    ur_max = cfg.stats.ur_max_images
-    norms = {"after": evaluation.weight_norm_summary(after, sizes, ur_max)}
-    if before is not None:
-        norms["before"] = evaluation.weight_norm_summary(before, sizes, ur_max)
-    workdir = Path(workdir)
-    if h.plot and jax.process_index() == 0:
-        evaluation.plot_weight_norms(
-            workdir / evaluation.PLOT_FILE, sizes, after, before, ur_max_images=ur_max,
-            title=f"FTL mode {cfg.mode}: classifier weight norm vs class size",
-        )
-    metrics = r["metrics"]
-    result = {
-        "protocol": "ftl_holdout",
-        "direction": "vis->vis",
-        "metrics": list(metrics),
-        "folds": [{"fold": 1, "metrics": metrics}],
-        "mean": dict(metrics),
-        "std": {k: 0.0 for k in metrics},
-        "step": int(step),
-        "mode": cfg.mode,
-        "train_dir": cfg.input.data_dir,
-        "holdout_dir": h.data_dir,
-        "counts": r["counts"],
-        "weight_norms": norms,
-        "verification": {
-            k: {n: v for n, v in res.items() if n in ("accuracy", "accuracy_std", "threshold")}
-            for k, res in r["verification"].items()
-        },
-    }
-    result = _jsonable(result)
-    if jax.process_index() == 0:
-        text = json.dumps(result, indent=1) + "\n"
-        write_text_atomic(workdir / EVAL_FILE, text)
-        write_text_atomic(workdir / "eval.json", text)
-    return result
-
-
 def train_and_evaluate(config: Any, workdir: str):
-    """`trainer.train` then the hold-out evaluation (when a hold-out set is configured);
-    returns the trainer's result with ``eval_results`` set to it (an already evaluated final
-    step is read back, not redone)."""
-    from hfrjax.tasks import parse_config
+    """`trainer.train` of `prepare_config` (config): the loop runs the task's ``holdout``
+    evaluator when a hold-out set is configured; the result's ``eval_results`` are the loop's
+    (``holdout/<metric>``)."""
     from hfrjax.train import trainer
 
-    config = prepare_config(config)
-    _, _, task_cfg = parse_config(config)
-    result = trainer.train(config, workdir)
-    if not task_cfg.holdout.data_dir:  # No hold-out set (e.g. full MS1M with LFW packs only).
-        return result
-    step = int(jax.device_get(result.state.step))
-    done = Path(workdir) / EVAL_FILE
-    if done.exists():
-        old = json.loads(done.read_text(encoding="utf-8"))
-        if old.get("step") == step:
-            return dataclasses.replace(result, eval_results=old)
-    state = jax.device_get(result.state)
-    ev = evaluate_trained(
-        task_cfg, result.setup.export.model, state.params, state.model_state, state.extra,
-        result.mesh, workdir, step,
-    )
-    return dataclasses.replace(result, eval_results=ev)
+    return trainer.train(prepare_config(config), workdir)
 
 
 def evaluate_workdir(workdir: str | Path) -> dict:
-    """The hold-out evaluation of a training workdir's newest checkpoint."""
+    """The hold-out evaluation of a training workdir's newest checkpoint, merged as the loop
+    merges it (``holdout/<metric>``) and written to the workdir's ``eval.json``."""
     import ml_collections
 
     from hfrjax.tasks import parse_config
     from hfrjax.train import checkpoint as ckpt_lib
     from hfrjax.train import mesh as mesh_lib
+    from hfrjax.train.evaluation import merge_results
 
     workdir = Path(workdir)
     ck = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
@@ -175,10 +78,16 @@ def evaluate_workdir(workdir: str | Path) -> dict:
         raise ValueError(f"{workdir} was trained by task {meta.get('task')!r}, not 'ftl'")
     config = prepare_config(ml_collections.ConfigDict(meta["config"]))
     _, _, task_cfg = parse_config(config)
-    return evaluate_trained(
+    result = evaluation.evaluate_trained(
         task_cfg, meta["export"]["model"], raw["params"], raw["model_state"], raw.get("extra"),
         mesh_lib.make_mesh(), workdir, step,
     )
+    merged = merge_results(None, {evaluation.EVALUATOR: result})
+    merged["step"] = int(step)
+    if jax.process_index() == 0:
+        text = json.dumps(merged, indent=1, default=float) + "\n"
+        write_text_atomic(workdir / "eval.json", text)
+    return merged
 
 
 def run_table(sweep_config: Any, out_dir: str, **kwargs) -> dict:
@@ -236,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for a in args.set:
             _set(config, a)
         r = train_and_evaluate(config, args.workdir)
-        print(json.dumps(r.eval_results["mean"], indent=1))
+        print(json.dumps((r.eval_results or {}).get("mean"), indent=1, default=float))
     elif args.command == "evaluate":
         print(json.dumps(evaluate_workdir(args.workdir)["mean"], indent=1))
     else:

@@ -22,9 +22,10 @@ its optimizer state stay bit-identical through a stage. Enc's BN runs on running
 stage 1 and in UpdateStats: the rich feature space is fixed while features are transferred.
 A class with at most ``stats.ur_max_images`` training images is UR (20 in §4).
 
-The hold-out evaluation (nearest-centre rank-1, verification, the classifier weight-norm plot)
-is `hfrjax.recipes.ftl.evaluation`; `hfrjax.recipes.ftl.run.train_and_evaluate` trains and
-then evaluates.
+The hold-out evaluation (nearest-centre rank-1, verification, the classifier weight-norm plot;
+`hfrjax.recipes.ftl.evaluation`) is the task's evaluator ``holdout`` when ``holdout.data_dir``
+is set: the loop runs it with its evaluations (``holdout/<metric>`` in ``eval.json``).
+After a restore, ``on_restore`` hands the checkpointed hard list back to its input.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from hfrjax.data.dataset import Dataset
 from hfrjax.fileio import write_text_atomic
 from hfrjax.losses.reconstruction import ftl_loss
 from hfrjax.models.ftl_modules import FTL_GROUPS
-from hfrjax.recipes.ftl import statistics, update_stats
+from hfrjax.recipes.ftl import evaluation, statistics, update_stats
 from hfrjax.recipes.ftl.device import MeshFunction
 from hfrjax.recipes.ftl.inputs import ListSampler, RecordImages, pad_rows, unpad_rows
 from hfrjax.tasks import register_task
@@ -258,19 +259,6 @@ def stats_due(pretrain: int, n_iter: int):
     return lambda s: s >= pretrain and (s - pretrain) % (2 * n_iter) == 0
 
 
-def first_boundary():
-    """Due at the first boundary this process sees (the start or the resumed step) only."""
-    seen = []
-
-    def due(s: int) -> bool:
-        if seen:
-            return False
-        seen.append(s)
-        return True
-
-    return due
-
-
 def adam_for(cfg: AdamConfig, pretrain: int) -> tuple[optax.GradientTransformation, callable]:
     """Adam whose rate is ``pretrain_lr`` for its first ``pretrain`` updates, then ``lr``."""
 
@@ -359,6 +347,7 @@ class FTLTask:
         inputs = {"train": train_input}
         hooks: list[Hook] = []
         extra: dict = {}
+        on_restore = None
         meta = {
             "num_classes": num_classes,
             "class_labels": train_input.class_labels.tolist(),
@@ -387,7 +376,7 @@ class FTLTask:
                 feature_dim, pretrain, n_iter,
             )
             inputs.update(parts["inputs"])
-            hooks, extra = parts["hooks"], parts["extra"]
+            hooks, extra, on_restore = parts["hooks"], parts["extra"], parts["on_restore"]
         state = state_lib.create_state(
             params, {"batch_stats": batch_stats}, optimizers, rng_train, extra
         )
@@ -416,13 +405,15 @@ class FTLTask:
                 + (f", then stages alternating every {n_iter}; " if cfg.mode == "ftl" else "; ")
             ),
             eval_input={"image_size": (h, h), "channels": cfg.input.channels},
+            evaluators=holdout_evaluators(cfg, model_cfg),
+            on_restore=on_restore,
         )
 
     def _ftl_parts(
         self, cfg, ctx, network, dataset, records, class_ids, num_classes, regular, ur,
         feature_dim, pretrain, n_iter,
     ) -> dict:
-        """Stage-1 inputs, the UpdateStats and input-sync hooks, and the extra state."""
+        """Stage-1 inputs, the UpdateStats hook, the restore fix-up and the extra state."""
         if not ur.any() or not regular.any():
             raise ConfigError(
                 f"mode='ftl' needs regular and UR classes (UR: <= stats.ur_max_images = "
@@ -457,7 +448,7 @@ class FTLTask:
         image_size = cfg.input.image_size
         workdir = Path(ctx.workdir)
 
-        def sync_inputs(hctx, state):
+        def restore_hard_list(state):
             """After a restore: hand the stored hard list back to its input."""
             version = int(jax.device_get(state.extra["stats_version"]))
             if version > 0 and hard_input.list_version != version:
@@ -466,7 +457,6 @@ class FTLTask:
                     jax.device_get(state.extra["hard_count"]),
                 )
                 hard_input.set_list(version, rows, restart=False)
-            return state
 
         def run_update_stats(hctx, state):
             step = int(jax.device_get(state.step))
@@ -514,11 +504,28 @@ class FTLTask:
                 _record_stats(workdir, version, step, report)
             return state.replace(extra=new)
 
-        hooks = [
-            Hook("sync_inputs", first_boundary(), sync_inputs),
-            Hook("update_stats", stats_due(pretrain, n_iter), run_update_stats),
-        ]
-        return {"inputs": {"hard": hard_input, "ur": ur_input}, "hooks": hooks, "extra": extra}
+        hooks = [Hook("update_stats", stats_due(pretrain, n_iter), run_update_stats)]
+        return {
+            "inputs": {"hard": hard_input, "ur": ur_input},
+            "hooks": hooks,
+            "extra": extra,
+            "on_restore": restore_hard_list,
+        }
+
+
+def holdout_evaluators(cfg: FTLConfig, model_cfg: dict) -> dict:
+    """{"holdout": fn} when ``holdout.data_dir`` is set (else none): the hold-out evaluation
+    (`evaluation.evaluate_trained`) as a loop evaluator."""
+    if not cfg.holdout.data_dir:
+        return {}
+
+    def holdout(hctx, state, step):
+        params, model_state, extra = jax.device_get((state.params, state.model_state, state.extra))
+        return evaluation.evaluate_trained(
+            cfg, model_cfg, params, model_state, extra, hctx.mesh, hctx.workdir, step
+        )
+
+    return {evaluation.EVALUATOR: holdout}
 
 
 def _record_stats(workdir: Path, version: int, step: int, report) -> None:
