@@ -66,7 +66,7 @@ def get_config(arg=None):
         "data_dir": "/tmp/hfrjax_toplight_tables/data",
         "table": {
             "title": "TOPLight Table 3 (synthetic NIR-VIS; fold 1; face and re-id modes)",
-            "metrics": ["Rank-1", "TAR@FAR=1e-2", "TAR@FAR=1e-3", "reid/Rank-1",
+            "metrics": ["Rank-1", "TAR@FAR=1e-2", "TAR@FAR=1e-3", "AUC", "reid/Rank-1",
                         "reid/Rank-10", "reid/mAP", "reid/mINP"],
         },
     }
