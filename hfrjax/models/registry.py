@@ -28,9 +28,21 @@ def register_model(name: str) -> Callable[[F], F]:
     return decorator
 
 
+# Models registered by a recipe package, imported on first use, so that an export or a workdir
+# of that recipe loads in a fresh process (`hfrjax.load_embedder`, launch/evaluate.py).
+RECIPE_MODELS = {
+    "toplight_dual_routed": "hfrjax.recipes.toplight.network",
+    "vgg16_conv3_gap": "hfrjax.recipes.csan.pretrain",
+}
+
+
 def get_model(name: str, **kwargs) -> nn.Module:
     """Instantiate the backbone registered as ``name`` with ``kwargs`` (e.g. ``dtype``,
     ``embedding_dim``, ``input_size``)."""
+    if name not in _REGISTRY and name in RECIPE_MODELS:
+        import importlib
+
+        importlib.import_module(RECIPE_MODELS[name])
     try:
         factory = _REGISTRY[name]
     except KeyError:
