@@ -66,40 +66,9 @@ NUM_IMAGES = 7
 
 def _random_export(directory: Path, name: str, kwargs: dict, seed: int) -> None:
     """An hfrjax export with random weights and BatchNorm statistics far from their init."""
-    import functools
+    from hfrjax.deploy.random_weights import random_export
 
-    import jax
-
-    from hfrjax.models import dummy_input, get_model
-    from hfrjax.train.export import export_embedder
-
-    model = get_model(name, **kwargs)
-    shapes = jax.eval_shape(
-        functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model)
-    )
-    rng = np.random.default_rng(seed)
-
-    def value(path, s):
-        key = jax.tree_util.keystr(path)
-        if key.endswith("['mean']"):
-            v = 0.1 * rng.standard_normal(s.shape)
-        elif key.endswith("['var']"):
-            v = 0.5 + rng.random(s.shape)
-        elif key.endswith("['scale']"):
-            v = 1.0 + 0.2 * rng.standard_normal(s.shape)
-        elif len(s.shape) == 1:
-            v = 0.1 * rng.standard_normal(s.shape)
-        else:
-            v = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-        return np.asarray(v, np.float32)
-
-    v = jax.tree_util.tree_map_with_path(value, dict(shapes))
-    export_embedder(
-        directory,
-        model_cfg={"name": name, "kwargs": kwargs},
-        params=v["params"],
-        batch_stats=v.get("batch_stats", {}),
-    )
+    random_export(directory, name, kwargs, seed)
 
 
 def _faces(n: int, size: int, channels: int) -> np.ndarray:

@@ -19,14 +19,14 @@ import jax
 import numpy as np
 import pytest
 
+from hfrjax.deploy.random_weights import random_export
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
 
 from hfrjax.deploy import conventions  # noqa: E402
 from hfrjax.deploy.onnx_export import _rename_sniffed_nodes, export_onnx  # noqa: E402
-from hfrjax.models import dummy_input, get_model  # noqa: E402
-from hfrjax.train.export import export_embedder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Published input sizes (what insightface routes), tiny widths.
@@ -96,33 +96,7 @@ def get_feat(reads, images):
 
 
 def randomized_export(directory, name, kwargs, seed):
-    model = get_model(name, **kwargs)
-    shapes = jax.eval_shape(
-        functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model)
-    )
-    rng = np.random.default_rng(seed)
-
-    def value(path, s):
-        key = jax.tree_util.keystr(path)
-        if key.endswith("['mean']"):
-            v = 0.1 * rng.standard_normal(s.shape)
-        elif key.endswith("['var']"):
-            v = 0.5 + rng.random(s.shape)
-        elif key.endswith("['scale']"):
-            v = 1.0 + 0.2 * rng.standard_normal(s.shape)
-        elif len(s.shape) == 1:
-            v = 0.1 * rng.standard_normal(s.shape)
-        else:
-            v = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-        return np.asarray(v, np.float32)
-
-    v = jax.tree_util.tree_map_with_path(value, dict(shapes))
-    export_embedder(
-        directory,
-        model_cfg={"name": name, "kwargs": kwargs},
-        params=v["params"],
-        batch_stats=v.get("batch_stats", {}),
-    )
+    model, v = random_export(directory, name, kwargs, seed)
     apply = jax.jit(functools.partial(model.apply, train=False))
     return lambda rgb: np.asarray(apply(v, (rgb.astype(np.float32) - 127.5) / 127.5))
 
