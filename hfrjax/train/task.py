@@ -21,7 +21,7 @@ checkpoint will be restored), ``task.setup`` returns a `TaskSetup` with
                  evaluation and export use;
 * ``evaluators`` task-specific evaluations (re-id, a hold-out set, a validation split), run
                  with the loop's and merged into ``eval.json``; ``final`` hooks end training
-                 (best parameters back, soups), and ``ctx.stop(reason)`` stops it early.
+                 (best parameters back, weight averaging), and ``ctx.stop(reason)`` stops it early.
 
 The loop owns everything else: jit with shardings and donation, the NaN guard, progress and
 metric logs, checkpoints and exact resume, pre-emption, evaluation and export.
