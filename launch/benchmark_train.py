@@ -1,15 +1,20 @@
 """Training throughput: images/s per backbone and batch size, JAX vs PyTorch on one machine.
 
   python launch/benchmark_train.py --models=ir18,ir50 --batch_sizes=32 [--dtype=bfloat16]
-      [--steps=5] [--json=out.json]
+      [--steps=2] [--rounds=3] [--xla_flags="--xla_cpu_use_onednn=true"] [--json=out.json]
 
 Each JAX step is the library's real train step (hfrjax.train.step.make_train_step: backbone,
 normalised classifier with a CosFace margin over --num_classes classes, SGD with momentum and
 weight decay). When torch is importable the same architecture (hfrjax.models.torch_reference)
 runs the same computation in PyTorch in the same process: cosine classifier, margin
 cross-entropy, SGD; on a GPU with --dtype=bfloat16 it uses AMP and channels-last. The figure of
-merit is the step-time ratio JAX / PyTorch (issue target: <= 1.2 on CPU). Steps are timed one
-at a time after warm-up (block_until_ready / synchronize), best of --repeats.
+merit is the step-time ratio JAX / PyTorch (issue target: <= 1.2 on CPU).
+
+Both models are built first; then, after warm-up, JAX and PyTorch are timed in alternating
+rounds of --steps steps each (block_until_ready / synchronize), so that a machine whose load
+changes during the run slows both sides alike. Each side's best round gives its step time; the
+median round is reported too. ``--xla_flags`` is appended to XLA_FLAGS before jax is imported,
+to compare XLA:CPU options in the same conditions (e.g. ``--xla_cpu_use_onednn=true``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 
 from absl import app, flags
@@ -28,13 +34,16 @@ _MODELS = flags.DEFINE_list(
     "'small' = iresnet [1,1,1,1] width 16 at 32x32 as in the quickstart)",
 )
 _BATCH = flags.DEFINE_list("batch_sizes", ["32"], "batch sizes")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps per repeat")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "repeats (best is reported)")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+_STEPS = flags.DEFINE_integer("steps", 2, "timed steps per round")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "alternating JAX / PyTorch rounds (best is reported)")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
 _CLASSES = flags.DEFINE_integer("num_classes", 1000, "classifier size")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _TORCH = flags.DEFINE_bool("torch", True, "also run PyTorch when importable")
 _JSON = flags.DEFINE_string("json", "", "write results here")
+_XLA_FLAGS = flags.DEFINE_string(
+    "xla_flags", "", "appended to XLA_FLAGS before jax is imported (XLA:CPU option attempts)"
+)
 
 SMALL = dict(
     name="iresnet",
@@ -42,24 +51,40 @@ SMALL = dict(
 )
 
 
+def _cores() -> int:
+    """Cores this process may run on (``taskset -c 0`` gives 1): XLA:CPU sizes its thread pool
+    by them, and PyTorch gets as many threads."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def _model_cfg(name: str) -> dict:
     return SMALL if name == "small" else dict(name=name, kwargs={})
 
 
-def _time_steps(step_once, sync, steps: int, repeats: int, warmup: int) -> float:
-    """Best seconds per step."""
-    for _ in range(warmup):
-        sync(step_once())
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(steps):
+def _time_rounds(
+    sides: dict, steps: int, rounds: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per step of each round, per side, as wall time and as the process's CPU time;
+    sides = {name: (step_once, sync)}, run in alternating rounds after ``warmup`` untimed steps
+    each. CPU time counts all threads (spinning ones too) but not time spent descheduled, so
+    it is the steadier of the two on a loaded machine."""
+    for step_once, sync in sides.values():
+        for _ in range(warmup):
             sync(step_once())
-        best = min(best, (time.perf_counter() - t) / steps)
-    return best
+    wall: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, (step_once, sync) in sides.items():
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                sync(step_once())
+            wall[name].append((time.perf_counter() - t) / steps)
+            cpu[name].append((time.process_time() - c) / steps)
+    return wall, cpu
 
 
-def bench_jax(model_name: str, batch: int) -> dict:
+def build_jax(model_name: str, batch: int) -> tuple[dict, tuple]:
+    """The library's compiled train step on a fixed batch: (info, (step_once, sync))."""
     import jax
     import numpy as np
     import optax
@@ -112,18 +137,19 @@ def bench_jax(model_name: str, batch: int) -> dict:
     t = time.perf_counter()
     jax.block_until_ready(once())
     compile_s = time.perf_counter() - t
-    sec = _time_steps(once, jax.block_until_ready, _STEPS.value, _REPEATS.value, _WARMUP.value)
-    return {
-        "jax_step_s": sec,
-        "jax_images_per_s": batch / sec,
+    info = {
         "jax_compile_s": compile_s,
         "backbone_params": state_lib.count_params(params),
         "input_size": size,
         "device": str(jax.devices()[0].device_kind),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+    return info, (once, jax.block_until_ready)
 
 
-def bench_torch(model_name: str, batch: int) -> dict | None:
+def build_torch(model_name: str, batch: int) -> tuple[dict, tuple] | None:
+    """The same architecture and computation in PyTorch: (info, (step_once, sync)), or None
+    when torch (or a reference for the model) is missing."""
     try:
         import torch
         import torch.nn.functional as F
@@ -148,7 +174,7 @@ def bench_torch(model_name: str, batch: int) -> dict | None:
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     if not cuda:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(_cores())  # As many threads as XLA:CPU uses (the usable cores).
     model = model.to(dev)
     dim = model.features.num_features
     head = torch.nn.Parameter(0.01 * torch.randn(_CLASSES.value, dim, device=dev))
@@ -176,41 +202,75 @@ def bench_torch(model_name: str, batch: int) -> dict | None:
         return loss
 
     sync = (lambda _: torch.cuda.synchronize()) if cuda else (lambda loss: loss.item())
-    sec = _time_steps(once, sync, _STEPS.value, _REPEATS.value, _WARMUP.value)
-    return {
-        "torch_step_s": sec,
-        "torch_images_per_s": batch / sec,
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
+    info = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return info, (once, sync)
+
+
+def bench(model_name: str, batch: int) -> dict:
+    """One row: both sides built, then timed in alternating rounds."""
+    import statistics
+
+    row = {"model": model_name, "batch": batch, "dtype": _DTYPE.value}
+    info, jax_side = build_jax(model_name, batch)
+    row.update(info)
+    sides = {"jax": jax_side}
+    if _TORCH.value:
+        built = build_torch(model_name, batch)
+        if built is not None:
+            row.update(built[0])
+            sides["torch"] = built[1]
+    times, cpu = _time_rounds(sides, _STEPS.value, _ROUNDS.value, _WARMUP.value)
+    for name, ts in times.items():
+        row[f"{name}_step_s"] = min(ts)
+        row[f"{name}_step_s_median"] = statistics.median(ts)
+        row[f"{name}_step_s_rounds"] = ts
+        row[f"{name}_cpu_s_rounds"] = cpu[name]
+        row[f"{name}_images_per_s"] = batch / min(ts)
+    if "torch" in times:
+        row["jax_over_torch_step_time"] = row["jax_step_s"] / row["torch_step_s"]
+        row["jax_over_torch_step_time_median"] = (
+            row["jax_step_s_median"] / row["torch_step_s_median"]
+        )
+        row["jax_over_torch_cpu_time"] = min(cpu["jax"]) / min(cpu["torch"])
+    return row
 
 
 def main(argv):
     del argv
+    if _XLA_FLAGS.value:
+        if "jax" in sys.modules:
+            raise RuntimeError("--xla_flags must be applied before jax is imported")
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
     rows = []
     machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+        f"{platform.machine()}, {os.cpu_count()} CPU cores ({_cores()} used), "
+        f"Python {platform.python_version()}"
     )
     for name in _MODELS.value:
         for batch in map(int, _BATCH.value):
-            row = {"model": name, "batch": batch, "dtype": _DTYPE.value}
-            row.update(bench_jax(name, batch))
-            if _TORCH.value:
-                t = bench_torch(name, batch)
-                if t:
-                    row.update(t)
-                    row["jax_over_torch_step_time"] = row["jax_step_s"] / row["torch_step_s"]
+            row = bench(name, batch)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nmachine: {machine}; device: {rows[0]['device'] if rows else '?'}")
-    print("| model | batch | dtype | JAX img/s | PyTorch img/s | JAX/PyTorch step time |")
-    print("|---|---:|---|---:|---:|---:|")
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average at the end {load:.1f}")
+    print(
+        "| model | batch | dtype | JAX img/s | PyTorch img/s | JAX/PyTorch step time "
+        "(best) | (median) | CPU time |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         tor = f"{r['torch_images_per_s']:.1f}" if "torch_images_per_s" in r else "–"
         ratio = f"{r['jax_over_torch_step_time']:.2f}" if "jax_over_torch_step_time" in r else "–"
+        med = (
+            f"{r['jax_over_torch_step_time_median']:.2f}"
+            if "jax_over_torch_step_time_median" in r
+            else "–"
+        )
+        cpu = f"{r['jax_over_torch_cpu_time']:.2f}" if "jax_over_torch_cpu_time" in r else "–"
         print(
             f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['jax_images_per_s']:.1f} | "
-            f"{tor} | {ratio} |"
+            f"{tor} | {ratio} | {med} | {cpu} |"
         )
     if _JSON.value:
         with open(_JSON.value, "w") as f:
