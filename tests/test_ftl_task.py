@@ -488,6 +488,32 @@ def test_table1_sweep_layout():
     assert list(cfg.table["metrics"]) == HOLDOUT_METRICS
 
 
+def test_equal_epoch_scale_gives_every_row_the_reference_rows_epochs():
+    """quick_epochs: steps scaled with the set size (images read per row = 10K10K's epochs)."""
+    from hfrjax.data.synthetic import presets
+
+    spec = presets.PRESETS["longtail"].longtail
+    sizes = ftl_configs.row_images()
+    # The preset's layout, counted by hand: 100 regular x 30, UR blocks of 100 m x 5.
+    assert sizes == {"10K0K": 3000, "10K10K": 3500, "10K30K": 4500, "10K50K": 5500, "60K0K": 18000}
+    assert spec.num_regular == 100
+    quick = ftl_configs.QUICK
+    batch = quick["batch_size"]
+    ref_epochs = quick["steps"]["total"] * batch / sizes["10K10K"]
+    cfg = ftl_configs.table1_sweep("quick_epochs")
+    for cell in cfg.cells:
+        row = cell["name"].split("-")[0]
+        o = cell["stages"][0]["overrides"]
+        assert abs(o["total_steps"] * batch / sizes[row] - ref_epochs) < 0.03 * ref_epochs
+        assert (o["total_steps"] - o["alternation.pretrain_steps"]) == 4 * o["alternation.n_iter"]
+        if row == "10K10K":  # The reference row is the quick scale's exactly.
+            assert (o["alternation.pretrain_steps"], o["alternation.n_iter"], o["total_steps"]) == (
+                quick["steps"]["pretrain"], quick["n_iter"], quick["steps"]["total"]
+            )
+    # The fixed-step scales add no step overrides.
+    assert "total_steps" not in ftl_configs.table1_sweep("quick").cells[0]["stages"][0]["overrides"]
+
+
 @pytest.mark.slow
 def test_tiny_table1_sweep_runs_and_tables_every_method(data, tmp_path):
     sweep_cfg = ftl_configs.table1_sweep(

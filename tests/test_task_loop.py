@@ -82,3 +82,15 @@ def test_second_trainer_on_a_workdir_is_refused(tmp_path):
         with pytest.raises(WorkdirBusyError, match=rf"in use by another trainer \(pid {os.getpid()}"):
             trainer.train(toy_config(steps=2), str(tmp_path))
     trainer.train(toy_config(steps=2), str(tmp_path))  # Free again once released.
+
+
+def test_input_wait_fraction_is_logged_and_sees_a_slow_input(tmp_path, monkeypatch):
+    """metrics.jsonl's input_wait_fraction: the share of wall time the loop spent blocked on
+    its inputs. A pipeline that sleeps 50 ms per batch, against microsecond toy steps,
+    dominates the wall time."""
+    monkeypatch.setenv("TOY_INPUT_SLEEP", "0.05")
+    trainer.train(toy_config(steps=12, checkpoint_every=100), str(tmp_path))
+    waits = [m["input_wait_fraction"] for m in reporting.read_metrics(tmp_path)]
+    assert len(waits) == 12 and all(0.0 <= w <= 1.0 for w in waits)
+    # Windows holding a compilation (each step's first use), a hook or a save wait less.
+    assert np.median(waits) > 0.6, waits

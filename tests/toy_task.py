@@ -5,6 +5,7 @@ epoch hook that writes into the extra state. It fits y = x·w* + b* on a seeded 
 import dataclasses
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ class Stream:
         self.seed, self.batch, self.dim, self.i = seed, batch, dim, 0
 
     def __next__(self):
+        time.sleep(float(os.environ.get("TOY_INPUT_SLEEP", 0)))  # A slow pipeline, for tests.
         r = np.random.default_rng([self.seed, self.i])
         self.i += 1
         x = r.normal(size=(self.batch, self.dim)).astype(np.float32)

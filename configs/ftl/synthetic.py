@@ -7,7 +7,7 @@
 Arguments (comma-separated key=value): mode (softmax | ml2 | ftl: Table 1's methods),
 variant (10K0K | 10K10K | 10K30K | 10K50K | 60K0K: the training set), data (the directory
 ``synthetic.generate(..., preset="longtail")`` wrote; without it the sweep,
-configs/ftl/table1_synthetic.py, sets the paths), scale (synthetic | quick | tiny).
+configs/ftl/table1_synthetic.py, sets the paths), scale (synthetic | quick | quick_epochs | tiny).
 Synthetic scale: 32x32 crops, 64-d g and f, Q of 32 columns, 1000 steps of Eq. 4 pretraining at
 1e-3 then 600 steps (stages of 100 for FTL) at 1e-4, batch 64, UR = at most 20 images (the
 preset's UR classes have 5, regular ones 30). Quick: batch 32, 600 + 300 steps, stages of 75.

@@ -10,7 +10,8 @@ classes of 5 images), 60K0K (every class with all its images); methods: softmax 
 α_reg = 0), softmax + m-L2 (α_reg = 0.25) and, on the rows with UR classes, FTL (Alg. 1).
 Columns: verification accuracy on the hold-out pair list, nearest-centre rank-1 on the regular
 and the UR hold-out classes, on f and on g. Re-running skips finished runs; the table is
-OUT/tables.md. Arguments: scale (synthetic | quick | tiny), seeds (e.g. seeds=0+1+2).
+OUT/tables.md. Arguments: scale (synthetic | quick | quick_epochs | tiny; quick_epochs gives
+every row the epochs of quick's 10K10K row, its steps scaled with the set), seeds (e.g. seeds=0+1+2).
 
 The paper's Table 1 (MS-Celeb-1M, f; LFW / MS1M NN rank-1 Reg. / UR):
   10K0K  sfmx 97.45 / 87.17 / 82.47;  sfmx+m-L2 97.88 / 90.21 / 84.68

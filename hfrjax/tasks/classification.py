@@ -251,8 +251,9 @@ class ClassificationTask:
             sharded_head = ShardedHead(mesh, num_classes, rate)
             head_rows = sharded_lib.padded_num_classes(num_classes, mesh.shape[mesh_lib.MODEL_AXIS])
         rng_init, rng_head, rng_train = jax.random.split(jax.random.key(ctx.seed), 3)
-        params, batch_stats = state_lib.init_backbone(backbone, rng_init)
-        if cfg.init_from and not ctx.restoring:
+        loading = bool(cfg.init_from) and not ctx.restoring
+        params, batch_stats = state_lib.init_backbone(backbone, rng_init, abstract=loading)
+        if loading:  # Every leaf comes from init_from (load_backbone checks they all fit).
             params, batch_stats = self.load_backbone(cfg.init_from, params, batch_stats)
         emb_dim = jax.eval_shape(
             lambda: backbone.apply(

@@ -19,7 +19,11 @@ def _fmt_time(seconds: float) -> str:
 
 
 class Progress:
-    """Throughput and ETA over a window of steps; prints one line per report."""
+    """Throughput, ETA and input wait over a window of steps; prints one line per report.
+
+    ``input_wait`` is the fraction of the window's wall time the loop spent blocked on its
+    input iterators (`add_input_wait`): near 0 when the pipeline keeps ahead of the steps.
+    """
 
     def __init__(
         self, total_steps: int, global_batch: int, first_step: int = 0, name: str = "train"
@@ -27,20 +31,27 @@ class Progress:
         self.total, self.batch, self.name = total_steps, global_batch, name
         self._t0, self._s0 = time.perf_counter(), first_step
         self._start = self._t0
+        self._wait = 0.0
+        self.input_wait = float("nan")  # Of the last window reported.
+
+    def add_input_wait(self, seconds: float) -> None:
+        self._wait += seconds
 
     def line(self, step: int, metrics: dict[str, float]) -> str:
         now = time.perf_counter()
         dt = max(now - self._t0, 1e-9)
         ips = (step - self._s0) * self.batch / dt
         eta = (self.total - step) * self.batch / ips if ips > 0 else float("nan")
-        self._t0, self._s0 = now, step
+        self.input_wait = min(1.0, self._wait / dt)
+        self._t0, self._s0, self._wait = now, step, 0.0
         pct = 100.0 * step / max(self.total, 1)
         shown = " ".join(
             f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr", "train_accuracy")
         )
         return (
             f"{self.name} step {step}/{self.total} ({pct:.0f}%) {shown} | "
-            f"{ips:.0f} img/s | ETA {_fmt_time(eta) if np.isfinite(eta) else '?'}"
+            f"{ips:.0f} img/s | input wait {100 * self.input_wait:.0f}% | "
+            f"ETA {_fmt_time(eta) if np.isfinite(eta) else '?'}"
         )
 
     @property

@@ -48,10 +48,18 @@ def build_backbone(model_cfg: Any, *, compute_dtype: str = "float32", **override
     return models.get_model(model_cfg["name"], **kwargs)
 
 
-def init_backbone(backbone: nn.Module, rng: jax.Array) -> tuple[Any, Any]:
-    """(params, batch_stats) of ``backbone``, initialised from ``rng``."""
+def init_backbone(
+    backbone: nn.Module, rng: jax.Array, *, abstract: bool = False
+) -> tuple[Any, Any]:
+    """(params, batch_stats) of ``backbone``, initialised from ``rng``; with ``abstract``, only
+    their shapes and dtypes (``jax.ShapeDtypeStruct``), for weights about to be loaded: no
+    initialiser is compiled or run."""
     x = models.dummy_input(backbone, batch_size=2)
-    variables = jax.jit(lambda r: backbone.init({"params": r, "dropout": r}, x, train=False))(rng)
+
+    def init(r):
+        return backbone.init({"params": r, "dropout": r}, x, train=False)
+
+    variables = jax.eval_shape(init, rng) if abstract else jax.jit(init)(rng)
     return variables["params"], variables.get("batch_stats", {})
 
 

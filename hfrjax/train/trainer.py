@@ -335,7 +335,9 @@ class _Runner:
                     break
                 name = setup.plan(step)
                 spec = setup.steps[name]
+                t_in = time.perf_counter()
                 batches = self.inputs.next_for(spec.inputs)
+                progress.add_input_wait(time.perf_counter() - t_in)
                 state, metrics = self.steps[name](state, batches)
                 step += 1
                 if pending is not None:
@@ -344,8 +346,9 @@ class _Runner:
                 if step % self.cfg.log_every == 0 or step == total:
                     self.ckpt.check_for_errors()  # A failed async save (disk full) surfaces now.
                     last, pending = self._check(pending), None
-                    self.writer.write(step, last)
-                    say(progress.line(step, last))
+                    line = progress.line(step, last)
+                    self.writer.write(step, {**last, "input_wait_fraction": progress.input_wait})
+                    say(line)
                 evaluated = None
                 if eval_every and step % eval_every == 0 and step < total:
                     if pending is not None:

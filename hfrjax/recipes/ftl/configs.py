@@ -74,6 +74,12 @@ QUICK = {
     "steps": {"pretrain": 600, "total": 900},
 }
 
+# QUICK with the same number of epochs in every row instead of the same number of steps: each
+# row's steps (pretraining, stage length, total) are QUICK's scaled by its training-set size
+# over 10K10K's, so that every row gets 10K10K's 5.5 + 2.7 epochs (the question "does the gain
+# grow with more UR classes" needs equal training per row; README, FTL).
+QUICK_EPOCHS = {**QUICK, "equal_epochs_as": "10K10K"}
+
 TINY = {
     "image_size": 16,
     "model": {
@@ -93,7 +99,39 @@ TINY = {
     "steps": {"pretrain": 2, "total": 6},
     "stage1_batch_size": 4,
 }
-SCALES = {"paper": PAPER, "synthetic": SYNTHETIC, "quick": QUICK, "tiny": TINY}
+SCALES = {
+    "paper": PAPER,
+    "synthetic": SYNTHETIC,
+    "quick": QUICK,
+    "quick_epochs": QUICK_EPOCHS,
+    "tiny": TINY,
+}
+
+
+def row_images(preset: str = "longtail") -> dict[str, int]:
+    """Training images of each Table 1 row of a synthetic long-tailed preset."""
+    from hfrjax.data.synthetic import presets
+
+    spec = presets.PRESETS[preset].longtail
+    regular = spec.num_regular * spec.images_per_regular
+    return {v[0]: regular + v[1] * spec.images_per_ur(v) for v in spec.variants()}
+
+
+def equal_epoch_steps(scale: str, row: str, preset: str = "longtail") -> dict[str, int]:
+    """A row's step overrides under an ``equal_epochs_as`` scale (``QUICK_EPOCHS``): the
+    scale's steps times (row images / reference row images), stage length likewise, with the
+    same number of alternation stages after pretraining."""
+    s = SCALES[scale]
+    sizes = row_images(preset)
+    factor = sizes[row] / sizes[s["equal_epochs_as"]]
+    pretrain = round(s["steps"]["pretrain"] * factor)
+    n_iter = max(1, round(s["n_iter"] * factor))
+    stages = round((s["steps"]["total"] - s["steps"]["pretrain"]) / s["n_iter"])
+    return {
+        "alternation.pretrain_steps": pretrain,
+        "alternation.n_iter": n_iter,
+        "total_steps": pretrain + stages * n_iter,
+    }
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -172,7 +210,9 @@ def table1_sweep(
         for method in METHODS:
             if method == "ftl" and not has_ur:
                 continue
+            scaled = equal_epoch_steps(scale, row) if "equal_epochs_as" in SCALES[scale] else {}
             overrides = {
+                **scaled,
                 "input.data_dir": "{data}/longtail/train_" + row,
                 "eval.data_dir": "{data}/longtail/holdout",
                 # The UR hold-out classes absent from 10K0K take their gallery from here.
