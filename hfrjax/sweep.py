@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from hfrjax.fileio import write_text_atomic
-from hfrjax.sweep_results import DONE_JSON, RESULTS_JSON, TABLES_MD
+from hfrjax.sweep_results import DONE_JSON, TABLES_MD
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_JSON = "stage.json"
@@ -615,7 +615,6 @@ from hfrjax.sweep_results import (  # noqa: E402,F401
     format_table,
     write_results,
 )
-
 
 # --------------------------------------------------------------------------------------------
 # Running.

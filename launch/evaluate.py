@@ -18,7 +18,6 @@ runs with ``launch/compare.py``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from absl import app, flags

@@ -4,9 +4,8 @@
       --config.init_from=/tmp/qs/pretrain --config.input.data_dir=/tmp/qs/data/target
 """
 
-from absl import app
-
 import train  # launch/train.py, next to this file.
+from absl import app
 
 if __name__ == "__main__":
     app.run(train.main)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_dataset
 from PIL import Image
 
-from conftest import write_tiny_dataset
 from hfrjax.cli import main as cli_main
 from hfrjax.data.protocol import Fold, Protocol
 from hfrjax.deploy import embed as embed_lib

@@ -3,7 +3,6 @@ failure a user met, with real subprocesses where a signal is involved."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap

@@ -9,8 +9,8 @@ from conftest import write_tiny_dataset
 from hfrjax.data.protocol import Fold, Protocol
 from hfrjax.losses import MarginConfig
 from hfrjax.recipes import rethink
-from hfrjax.train import state as state_lib
 from hfrjax.recipes.rethink.task import load_pretrained_head
+from hfrjax.train import state as state_lib
 from hfrjax.train import trainer
 
 TINY_MODEL = {

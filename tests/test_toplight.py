@@ -18,7 +18,6 @@ from hfrjax.data import pipeline
 from hfrjax.data import task_augment as ta
 from hfrjax.data.protocol import Fold, Protocol
 from hfrjax.losses.domain_conflict import LogisticDomainClassifier
-from hfrjax.recipes.toplight import configs as tl
 from hfrjax.recipes.toplight import evaluation, inputs, network, task
 from hfrjax.tasks import default_config, parse_config
 from hfrjax.train import mesh as mesh_lib

@@ -16,8 +16,8 @@ from conftest import write_tiny_dataset
 
 from hfrjax.data.dataset import Dataset
 from hfrjax.train import checkpoint as ckpt_lib
-from hfrjax.train import reporting, trainer
 from hfrjax.train import export as export_lib
+from hfrjax.train import reporting, trainer
 from hfrjax.train.export import load_embedder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ import numpy as np
 from hfrjax.data import tfrecord
 from hfrjax.data.dataset import RecordTable
 
+
 class RecordSource:
     """grain random-access data source: row i of a `RecordTable` -> verified payload bytes.
 

@@ -566,7 +566,6 @@ class BlockScores:
 
 from hfrjax.losses.margin import l2_normalize as _l2_normalize  # noqa: E402 - one normaliser.
 
-
 _l2_normalize_jit = jax.jit(_l2_normalize)
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from hfrjax.data import pipeline
 from hfrjax.data.dataset import Dataset
 from hfrjax.data.protocol import Fold, Protocol
 from hfrjax.eval import embedding, metrics

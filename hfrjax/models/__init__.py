@@ -16,6 +16,15 @@ Conventions shared by all backbones:
   (float32); the returned embedding is always float32 and *not* L2-normalised.
 """
 
+from hfrjax.models import (  # noqa: F401,I001  # noqa: F401,I001  (TOPLight)
+    cross_spectral_attention,
+    dual_path,
+    fdr,
+    ftl_modules,
+    mobilenetv3,
+    saliency,
+    vgg,
+)
 from hfrjax.models.convert import convert_state_dict, strip_prefix
 from hfrjax.models.iresnet import (
     IRESNET_LAYERS,
@@ -34,8 +43,6 @@ from hfrjax.models.lightcnn import (
 )
 from hfrjax.models.mobilefacenet import MobileFaceNet, mobilefacenet
 from hfrjax.models.registry import dummy_input, get_model, list_models, register_model
-from hfrjax.models import cross_spectral_attention, ftl_modules, saliency, vgg  # noqa: F401,I001
-from hfrjax.models import dual_path, fdr, mobilenetv3  # noqa: F401,I001  (TOPLight)
 
 __all__ = [
     "IRESNET_LAYERS",

@@ -50,7 +50,6 @@ AGW baseline TOPLight follows). Evaluation embeds each image through its modalit
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
