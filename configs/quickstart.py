@@ -19,11 +19,11 @@ rows are the normalised mean embeddings of each target-train identity, frozen; o
 backbone trains, at a small learning rate.
 
 Expected result (2-core x86_64 CPU, seed 0, 10 folds, NIR->VIS, mean ± std %), in about
-4.5 minutes (launch/quickstart.py, everything included):
-  zero-shot (VIS pretraining):  TAR@FAR=1e-3 3.47 ± 0.65, TAR@FAR=1e-2 9.80 ± 1.75,
-                                Rank-1 12.43 ± 2.60
-  fine-tuned (MEC, frozen):     TAR@FAR=1e-3 10.50 ± 3.47, TAR@FAR=1e-2 30.40 ± 4.49,
-                                Rank-1 38.17 ± 3.95
+4 minutes (launch/quickstart.py, everything included; stages in W/timing.json):
+  zero-shot (VIS pretraining):  TAR@FAR=1e-3 1.90 ± 0.80, TAR@FAR=1e-2 9.33 ± 2.29,
+                                Rank-1 10.70 ± 2.60
+  fine-tuned (MEC, frozen):     TAR@FAR=1e-3 8.97 ± 2.14, TAR@FAR=1e-2 32.47 ± 3.62,
+                                Rank-1 39.27 ± 5.11
 """
 
 from hfrjax.tasks import default_config

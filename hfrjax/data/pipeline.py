@@ -45,8 +45,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hfrjax.data import augment as augment_lib
 from hfrjax.data import tfrecord
+from hfrjax.data.class_ranges import ClassRange, class_rows_for, remap_labels  # noqa: F401
 from hfrjax.data.dataset import Dataset, RecordTable
 from hfrjax.data.pipeline_rng import augment_rng
+from hfrjax.data.sample_order import IdentityBatchOrder, ProcessSlice, plain_order
 
 SAMPLERS = ("plain", "pk", "paired")
 MODES = ("random_access", "streaming")
@@ -201,120 +203,6 @@ class InputConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Global orders (random-access mode). Each is a MapDataset: global position -> table row.
-
-
-class _IdentityBatchOrder(grain.MapDataset):
-    """Identity-balanced global order: batch b holds P identities x K images per modality.
-
-    Batch b of epoch e uses the e-th seeded permutation of the eligible identities; images are
-    drawn without replacement when an identity has enough, else with replacement.
-    """
-
-    def __init__(
-        self,
-        labels: np.ndarray,
-        modality: np.ndarray,
-        modalities: Sequence[str],
-        p: int,
-        k: int,
-        seed: int,
-        num_epochs: int | None,
-    ):
-        super().__init__()
-        self._p, self._k, self._seed = p, k, seed
-        self._modalities = list(modalities)
-        rows_by = {}
-        for m in self._modalities:
-            sel = modality == m
-            for lab in np.unique(labels[sel]):
-                rows_by[(int(lab), m)] = np.nonzero(sel & (labels == lab))[0]
-        self._rows_by = rows_by
-        self._ids = np.array(
-            sorted(
-                {lab for (lab, _) in rows_by if all((lab, m) in rows_by for m in self._modalities)}
-            )
-        )
-        if len(self._ids) < p:
-            raise ValueError(
-                f"sampler needs P={p} identities with images in every modality of "
-                f"{self._modalities}, but only {len(self._ids)} have them"
-            )
-        self.batch_size = p * k * len(self._modalities)
-        self.batches_per_epoch = len(self._ids) // p
-        self._num_epochs = num_epochs
-        self._cache: tuple[int, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        if self._num_epochs is None:
-            import sys
-
-            return sys.maxsize
-        return self._num_epochs * self.batches_per_epoch * self.batch_size
-
-    def _batch(self, b: int) -> np.ndarray:
-        cached = self._cache
-        if cached is not None and cached[0] == b:
-            return cached[1]
-        epoch, j = divmod(b, self.batches_per_epoch)
-        perm = np.random.default_rng([self._seed, epoch]).permutation(self._ids)
-        rng = np.random.default_rng([self._seed, epoch, j, 1])
-        out = []
-        for lab in perm[j * self._p : (j + 1) * self._p]:
-            for m in self._modalities:
-                rows = self._rows_by[(int(lab), m)]
-                out.append(rng.choice(rows, self._k, replace=len(rows) < self._k))
-        rows = np.concatenate(out)
-        self._cache = (b, rows)
-        return rows
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
-        b, slot = divmod(index, self.batch_size)
-        return int(self._batch(b)[slot])
-
-
-def _plain_order(n: int, seed: int, shuffle: bool, num_epochs: int | None) -> grain.MapDataset:
-    ds = grain.MapDataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    return ds.repeat(num_epochs)
-
-
-class _ProcessSlice(grain.MapDataset):
-    """Local element j of this process -> (global position, row) of the global order.
-
-    Process p reads positions [b*B + p*Bl, b*B + (p+1)*Bl) of every global batch b.
-    """
-
-    def __init__(
-        self,
-        order: grain.MapDataset,
-        global_batch: int,
-        process_index: int,
-        process_count: int,
-        num_batches: int,
-    ):
-        super().__init__()
-        self._order = order
-        self._gb = global_batch
-        self._lb = global_batch // process_count
-        self._p = process_index
-        self._n = num_batches * self._lb
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
-        b, j = divmod(index, self._lb)
-        t = b * self._gb + self._p * self._lb + j
-        return t, self._order[t]
-
-
-# --------------------------------------------------------------------------------------------
 # Per-element processing.
 
 
@@ -393,113 +281,6 @@ class _Process:
 
 # --------------------------------------------------------------------------------------------
 # The training pipeline.
-
-
-def remap_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dataset labels -> contiguous 0..C-1; returns (new labels, dataset label of each class)."""
-    classes, new = np.unique(labels, return_inverse=True)
-    return new.astype(np.int64), classes
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ClassRange:
-    """The class ids [start, stop) that one dataset occupies in a (joint) classifier.
-
-    Stored in checkpoint metadata (`to_json`) so that SSC fine-tuning can slice the target
-    dataset's rows out of a "+target" pretrained classifier (`class_rows_for`).
-    """
-
-    data_dir: str
-    fold: int | None
-    start: int
-    stop: int
-    labels: np.ndarray  # Raw dataset label of class ids start..stop-1, in order.
-
-    def __post_init__(self):
-        labels = np.array(self.labels, dtype=np.int64).reshape(-1)
-        labels.setflags(write=False)
-        object.__setattr__(self, "labels", labels)
-        if not 0 <= self.start <= self.stop or self.stop - self.start != len(labels):
-            raise ValueError(
-                f"class range of {self.data_dir}: [{self.start}, {self.stop}) does not fit "
-                f"its {len(labels)} labels"
-            )
-
-    @property
-    def num_classes(self) -> int:
-        return self.stop - self.start
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ClassRange):
-            return NotImplemented
-        return (self.data_dir, self.fold, self.start, self.stop) == (
-            other.data_dir,
-            other.fold,
-            other.start,
-            other.stop,
-        ) and np.array_equal(self.labels, other.labels)
-
-    def __hash__(self) -> int:
-        return hash((self.data_dir, self.fold, self.start, self.stop, self.labels.tobytes()))
-
-    def to_json(self) -> dict[str, Any]:
-        """A plain dict (JSON-serialisable) for checkpoint metadata."""
-        return {
-            "data_dir": str(self.data_dir),
-            "fold": None if self.fold is None else int(self.fold),
-            "start": int(self.start),
-            "stop": int(self.stop),
-            "labels": [int(x) for x in self.labels],
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ClassRange":
-        """Inverse of `to_json`; missing or unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) != known:
-            raise ValueError(
-                f"class range {d!r}: missing keys {sorted(known - set(d))}, "
-                f"unknown keys {sorted(set(d) - known)}"
-            )
-        fold = d["fold"]
-        return cls(
-            str(d["data_dir"]),
-            None if fold is None else int(fold),
-            int(d["start"]),
-            int(d["stop"]),
-            np.asarray(d["labels"], np.int64),
-        )
-
-
-def class_rows_for(
-    ranges: Sequence[ClassRange],
-    data_dir: str | os.PathLike,
-    raw_labels: Sequence[int] | np.ndarray,
-) -> np.ndarray:
-    """Class id, in the joint classifier described by ``ranges``, of each raw label of dataset
-    ``data_dir`` (paths compared after ``os.path.realpath``); e.g. the SSC target rows."""
-    real = os.path.realpath(data_dir)
-    matches = [r for r in ranges if os.path.realpath(r.data_dir) == real]
-    if not matches:
-        raise ValueError(
-            f"dataset {data_dir} has no class range; the classifier holds "
-            f"{[r.data_dir for r in ranges]}"
-        )
-    if len(matches) > 1:
-        raise ValueError(
-            f"dataset {data_dir} has {len(matches)} class ranges "
-            f"{[(r.start, r.stop) for r in matches]}; cannot tell which one is meant"
-        )
-    (rng,) = matches
-    pos = {int(lab): rng.start + i for i, lab in enumerate(rng.labels)}
-    raw = np.asarray(raw_labels, np.int64).reshape(-1)
-    missing = sorted({int(x) for x in raw if int(x) not in pos})
-    if missing:
-        raise ValueError(
-            f"{len(missing)} label(s) of dataset {data_dir} have no class in the classifier "
-            f"(range [{rng.start}, {rng.stop}), fold {rng.fold}), e.g. {missing[:10]}"
-        )
-    return np.asarray([pos[int(x)] for x in raw], np.int64)
 
 
 @dataclasses.dataclass
@@ -634,7 +415,7 @@ def make_train_input(
     class_labels = np.concatenate([r.labels for r in class_ranges])
     source = RecordSource(records)
     if cfg.sampler == "plain":
-        order = _plain_order(len(records), cfg.seed, cfg.shuffle, cfg.num_epochs)
+        order = plain_order(len(records), cfg.seed, cfg.shuffle, cfg.num_epochs)
         steps_per_epoch = len(records) // cfg.batch_size
     else:
         mods = cfg.modalities or (
@@ -647,14 +428,14 @@ def make_train_input(
                 f"sampler {cfg.sampler!r}: P={p} x K={cfg.k} x {len(mods)} modalities "
                 f"= {p * per_id} != batch_size {cfg.batch_size}"
             )
-        order = _IdentityBatchOrder(
+        order = IdentityBatchOrder(
             labels, records.modality, mods, p, cfg.k, cfg.seed, cfg.num_epochs
         )
         steps_per_epoch = order.batches_per_epoch
     if steps_per_epoch < 1:
         raise ValueError(f"{len(records)} records cannot fill one batch of {cfg.batch_size}")
     total = len(order) // cfg.batch_size if cfg.num_epochs is not None else (1 << 40)
-    ds = _ProcessSlice(order, cfg.batch_size, process_index, process_count, total)
+    ds = ProcessSlice(order, cfg.batch_size, process_index, process_count, total)
     ds = ds.map(_Process(source, labels, cfg, train=True)).batch(local_batch, drop_remainder=True)
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=4 * cfg.num_threads)
