@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from hfrjax.fileio import write_text_atomic
-from hfrjax.sweep_results import DONE_JSON, TABLES_MD
+from hfrjax.sweep_results import DONE_JSON, RESULTS_JSON, TABLES_MD  # noqa: F401 - re-exported
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_JSON = "stage.json"

@@ -274,7 +274,8 @@ def test_top_step_reverses_the_final_domain_gradient(data, tmp_path):
     net_grl, net_plain = flat(g_grl["network"]), flat(g_plain["network"])
     assert max(np.abs(v).max() for v in net_plain.values()) > 1e-6
     for k, v in net_plain.items():  # Reversed and scaled by lambda below the GRL ...
-        np.testing.assert_allclose(net_grl[k], -lam * v, rtol=1e-4, atol=1e-7)
+        # Two compiled backward passes: float32 rounding differs by ~1e-7 on 0.1-sized leaves.
+        np.testing.assert_allclose(net_grl[k], -lam * v, rtol=1e-4, atol=1e-6)
     for k, v in flat(g_plain["domain"]["final"]).items():  # ... not in the classifier.
         np.testing.assert_allclose(flat(g_grl["domain"]["final"])[k], v, rtol=1e-5, atol=1e-8)
     # Eq. 4: the step's loss is L_idc + L_fd^1 + L_fd^2; the step advances the GRL's clock.

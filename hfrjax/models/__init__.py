@@ -16,7 +16,7 @@ Conventions shared by all backbones:
   (float32); the returned embedding is always float32 and *not* L2-normalised.
 """
 
-from hfrjax.models import (  # noqa: F401,I001  # noqa: F401,I001  (TOPLight)
+from hfrjax.models import (  # noqa: F401,I001 - recipe models register themselves on import
     cross_spectral_attention,
     dual_path,
     fdr,
