@@ -51,6 +51,14 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path):
     assert [r["occlusion"] for r in partial.values()] == ["none", "maskTop", "maskBottom"]
     assert len({r["mean"]["AUC"] for r in partial.values()}) == 3
     assert (tmp_path / "pretrain" / "checkpoints").is_dir()
+    # Where the wall time went, stage by stage, adding up to the run's total.
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    stages = timing["stages_seconds"]
+    assert list(stages) == [
+        "startup", "data", "pretrain", "zero_shot_eval", "finetune_folds", "export_partial_reports"
+    ]
+    assert stages["pretrain"] > 0 and stages["finetune_folds"] > 0
+    assert sum(stages.values()) == pytest.approx(timing["wall_seconds_this_run"], abs=0.5)
     embedder = hfrjax.load_embedder(tmp_path / "export")
     x = np.zeros((2, embedder.input_size, embedder.input_size, 3), np.uint8)
     assert embedder(x).shape[0] == 2
