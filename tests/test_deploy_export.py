@@ -29,7 +29,7 @@ from hfrjax.deploy.onnx_export import (  # noqa: E402
     OnnxExportError,
     export_onnx,
 )
-from hfrjax.models import dummy_input, get_model, register_model  # noqa: E402
+from hfrjax.models import get_model, register_model  # noqa: E402
 from hfrjax.train.export import export_embedder  # noqa: E402
 
 # Small widths, published input sizes (so the face renders are real 112 / 128 crops).
@@ -40,29 +40,9 @@ MODELS = {
 }
 
 
-def randomized_variables(model, seed):
-    """Random weights *and* BN statistics far from their init (mean 0 / var 1 would hide a
-    wrong BN mapping). Drawn with numpy on ``eval_shape`` (``model.init`` compiles slowly)."""
-    shapes = jax.eval_shape(
-        functools.partial(model.init, train=False), jax.random.key(0), dummy_input(model)
-    )
-    rng = np.random.default_rng(seed)
-
-    def value(path, s):
-        name = jax.tree_util.keystr(path)
-        if name.endswith("['mean']"):
-            v = 0.1 * rng.standard_normal(s.shape)
-        elif name.endswith("['var']"):
-            v = 0.5 + rng.random(s.shape)
-        elif name.endswith("['scale']"):  # BN scale
-            v = 1.0 + 0.2 * rng.standard_normal(s.shape)
-        elif len(s.shape) == 1:  # biases, BN shifts, PReLU slopes
-            v = 0.1 * rng.standard_normal(s.shape)
-        else:  # conv HWIO / dense [in, out]: unit-variance outputs
-            v = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-        return np.asarray(v, np.float32)
-
-    return jax.tree_util.tree_map_with_path(value, dict(shapes))
+# Random weights *and* BN statistics far from their init (mean 0 / var 1 would hide a wrong BN
+# mapping), drawn with numpy on eval_shape: the library's own, also used by the insightface check.
+from hfrjax.deploy.random_weights import random_variables as randomized_variables  # noqa: E402
 
 
 def make_export(directory, name, kwargs, seed=0):
