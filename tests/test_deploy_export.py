@@ -29,7 +29,7 @@ from hfrjax.deploy.onnx_export import (  # noqa: E402
     OnnxExportError,
     export_onnx,
 )
-from hfrjax.models import get_model, register_model  # noqa: E402
+from hfrjax.models import register_model  # noqa: E402
 from hfrjax.train.export import export_embedder  # noqa: E402
 
 # Small widths, published input sizes (so the face renders are real 112 / 128 crops).
@@ -42,19 +42,8 @@ MODELS = {
 
 # Random weights *and* BN statistics far from their init (mean 0 / var 1 would hide a wrong BN
 # mapping), drawn with numpy on eval_shape: the library's own, also used by the insightface check.
+from hfrjax.deploy.random_weights import random_export as make_export  # noqa: E402
 from hfrjax.deploy.random_weights import random_variables as randomized_variables  # noqa: E402
-
-
-def make_export(directory, name, kwargs, seed=0):
-    model = get_model(name, **kwargs)
-    v = randomized_variables(model, seed)
-    export_embedder(
-        directory,
-        model_cfg={"name": name, "kwargs": kwargs},
-        params=v["params"],
-        batch_stats=v.get("batch_stats", {}),
-    )
-    return model, v
 
 
 def face_crops(n, size, channels):
