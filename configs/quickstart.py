@@ -19,7 +19,7 @@ rows are the normalised mean embeddings of each target-train identity, frozen; o
 backbone trains, at a small learning rate.
 
 Expected result (2-core x86_64 CPU, seed 0, 10 folds, NIR->VIS, mean ± std %), in about
-3.5 minutes (launch/quickstart.py, everything included; stages in W/timing.json):
+3 minutes (launch/quickstart.py, everything included; stages in W/timing.json):
   zero-shot (VIS pretraining):  TAR@FAR=1e-3 1.90 ± 0.80, TAR@FAR=1e-2 9.33 ± 2.29,
                                 Rank-1 10.70 ± 2.60
   fine-tuned (MEC, frozen):     TAR@FAR=1e-3 8.97 ± 2.14, TAR@FAR=1e-2 32.47 ± 3.62,
