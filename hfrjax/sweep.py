@@ -28,8 +28,10 @@ exists (written after training returns); re-running a sweep skips done stages an
 interrupted one, whose trainer resumes from its checkpoints. Editing a config *file* does not
 change the hashes: delete the affected ``runs/`` directories to re-run them.
 
-A cell's result is the eval result of its evaluated stage; several evaluated stages (one per
-fold, say) must each name disjoint ``eval.folds``, and their folds are pooled. ``results.json``
+A cell's result is the eval result of its evaluated stage (the loop's ``eval.json``: the
+protocol of ``eval.data_dir`` and the task's own evaluators; a stage needs ``eval.data_dir``
+unless its task declares evaluators for its config, `task_evaluator_names`); several evaluated
+stages (one per fold, say) must each name disjoint ``eval.folds``, and their folds are pooled. ``results.json``
 ({cell: {seed: result}}) and ``tables.md`` (mean ± std over all seed x fold values) are
 rewritten after every finished stage, so an unfinished sweep has a partial table.
 
@@ -309,6 +311,29 @@ def _apply_override(config: Any, key: str, value: Any, where: str) -> None:
         raise ValueError(f"{where}: override {key}={value!r} failed: {e}") from e
 
 
+def task_evaluator_names(config: Any, where: str = "stage") -> list[str]:
+    """The names of the evaluations a stage's task runs by itself (its `TaskSetup.evaluators`:
+    re-id on a benchmark, a hold-out set), so that a stage evaluated without ``eval.data_dir``
+    still has results. Asked of the task without building it: a task declares them with an
+    optional method ``evaluator_names(task_cfg) -> [name, ...]`` (what its ``setup`` would put
+    in ``evaluators`` for that config). [] for a config that names no ``task`` (a plain
+    config) or a task without that method."""
+    task_name = config.get("task", None) if hasattr(config, "get") else None
+    if not task_name:
+        return []
+    from hfrjax.tasks import get_task, parse_config
+
+    try:
+        task = get_task(str(task_name))
+        declare = getattr(task, "evaluator_names", None)
+        if not callable(declare):
+            return []
+        _, _, task_cfg = parse_config(config)
+        return [str(n) for n in declare(task_cfg)]
+    except ValueError as e:  # ConfigError: an unknown task or key, a bad value.
+        raise ValueError(f"{where}: task {task_name!r}: {e}") from e
+
+
 def _json_key(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=repr, separators=(",", ":"))
 
@@ -456,9 +481,10 @@ class _Planner:
         run.cell_dirs = list(dict.fromkeys(run.cell_dirs + cell_dirs))
         if s["evaluate"]:
             ev = config.get("eval", None)
-            if not ev or not ev.get("data_dir", ""):
+            if not (ev and ev.get("data_dir", "")) and not task_evaluator_names(config, where):
                 raise ValueError(
-                    f"{where} is evaluated but its config sets no eval.data_dir (add an override "
+                    f"{where} is evaluated but its config sets no eval.data_dir and its task "
+                    f"declares no evaluators of its own for it (add an override "
                     "'eval.data_dir', or set evaluate=False)"
                 )
             run.evaluate = True

@@ -375,3 +375,61 @@ def test_launch_dry_run_subprocess(toy):
 def test_docstring_names_the_command():
     doc = (REPO / "launch" / "sweep.py").read_text()
     assert "python launch/sweep.py --config=configs/rethink/tables_synthetic.py" in doc
+
+
+# A task that evaluates by itself (`TaskSetup.evaluators`) when its config names a hold-out set.
+EVALUATING_TASK_CONFIG = """
+from hfrjax.tasks import default_config
+
+def get_config(arg=None):
+    return default_config("sweep_toy_evaluating")
+"""
+
+
+def _evaluating_task(monkeypatch):
+    import dataclasses
+
+    from hfrjax import tasks
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyConfig(tasks.Section):
+        holdout_dir: str = ""
+
+    class ToyTask:
+        name = "sweep_toy_evaluating"
+        config_class = ToyConfig
+
+        def evaluator_names(self, cfg):
+            return ["holdout"] if cfg.holdout_dir else []
+
+        def setup(self, cfg, ctx):  # The sweep must not build the task.
+            raise AssertionError("setup called while planning")
+
+    monkeypatch.setitem(tasks._REGISTRY, ToyTask.name, ToyTask)
+
+
+def test_evaluated_stage_without_eval_data_dir_needs_task_evaluators(tmp_path, monkeypatch):
+    _evaluating_task(monkeypatch)
+    path = tmp_path / "evaluating_cfg.py"
+    path.write_text(EVALUATING_TASK_CONFIG)
+    with_holdout = [{"name": "a", "stages": [sweep.stage("s", str(path), {"holdout_dir": "/h"})]}]
+    plan = sweep.plan_sweep(_cfg(with_holdout), tmp_path / "out")
+    assert plan.runs[0].evaluate and plan.runs[0].config.eval.data_dir == ""
+    # The same task without a hold-out declares no evaluator: the clear error stays.
+    bare = [{"name": "a", "stages": [sweep.stage("s", str(path))]}]
+    with pytest.raises(ValueError, match="sets no eval.data_dir and its task declares no eval"):
+        sweep.plan_sweep(_cfg(bare), tmp_path / "out")
+    # A bad value of the task's section is named with the stage at fault.
+    typo = [{"name": "a", "stages": [sweep.stage("s", str(path), {"+holdout_dri": "/h"})]}]
+    with pytest.raises(ValueError, match=r"cell 'a'.*'holdout_dri'"):
+        sweep.plan_sweep(_cfg(typo), tmp_path / "out")
+    # Run with a trainer whose result is the task evaluator's alone: it makes the table.
+    ev = {"metrics": ["holdout/acc"], "folds": [{"fold": None, "metrics": {"holdout/acc": 0.25}}],
+          "mean": {"holdout/acc": 0.25}, "std": {"holdout/acc": 0.0}}
+    results = sweep.run_sweep(
+        _cfg(with_holdout, table={"metrics": ["holdout/acc"]}), tmp_path / "out",
+        train_fn=lambda c, w: SimpleNamespace(eval_results=ev, state=SimpleNamespace(step=1)),
+        say=lambda m: None,
+    )
+    assert results["a"]
+    assert "| a | 25.00" in (tmp_path / "out" / sweep.TABLES_MD).read_text()
