@@ -47,6 +47,7 @@ def get_config(arg: str = "pretrain"):
             input=dict(
                 batch_size=128,
                 image_size=(IMAGE_SIZE, IMAGE_SIZE),
+                cache_decoded=True,  # 12 epochs of 4,800 crops: decode each once.
                 augment=dict(hflip=True, channel_aug="red", channel_aug_p=0.5),
             ),
             margin=dict(preset="cosface"),
@@ -61,7 +62,11 @@ def get_config(arg: str = "pretrain"):
             keep_checkpoints=2,
             num_epochs=2,
             input=dict(
-                batch_size=64, fold=1, image_size=(IMAGE_SIZE, IMAGE_SIZE), augment=dict(hflip=True)
+                batch_size=64,
+                fold=1,
+                image_size=(IMAGE_SIZE, IMAGE_SIZE),
+                cache_decoded=True,
+                augment=dict(hflip=True),
             ),
             margin=dict(preset="rethinking_finetune"),  # CosFace s = 64, m = 0.6.
             head=dict(init="class_means", freeze=True, class_means_bn="eval"),

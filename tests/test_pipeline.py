@@ -196,6 +196,45 @@ def test_corrupt_record_in_pipeline_raise_and_skip(tiny_dataset):
     assert sum(len(b["label"]) for b in batches) == inp.steps_per_epoch * 6
 
 
+def test_cache_decoded_same_batches_one_decode_per_record(tiny_dataset, monkeypatch):
+    """input.cache_decoded: three epochs give the uncached batches (augmentation still draws per
+    position) while each record is decoded once; the cached arrays are never written."""
+    d, samples = tiny_dataset
+    calls = []
+    decode = aug.decode_native
+    monkeypatch.setattr(aug, "decode_native", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    cached = pipeline.make_train_input(
+        _cfg(d, cache_decoded=True), process_index=0, process_count=1
+    )
+    got = _take(cached, 3 * cached.steps_per_epoch)
+    assert len(calls) == len(samples)  # Read-ahead cannot add any: every record is cached.
+    plain = pipeline.make_train_input(_cfg(d), process_index=0, process_count=1)
+    want = _take(plain, 3 * plain.steps_per_epoch)
+    assert len(calls) >= len(samples) + 3 * plain.steps_per_epoch * 6
+    for a, b in zip(want, got):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_cache_decoded_with_a_skipped_corrupt_record(tiny_dataset):
+    """In skip mode the corrupt record's stand-in is cached: the same batches as uncached."""
+    d, _ = tiny_dataset
+    shard = Dataset.open(d).records.shard_paths[0]
+    idx = tfrecord.ShardIndex.load(shard)
+    raw = bytearray(open(shard, "rb").read())
+    raw[int(idx.offsets[1]) + 20] ^= 0xFF
+    open(shard, "wb").write(bytes(raw))
+    tfrecord.CORRUPTION_STATS.reset()
+    runs = []
+    for cache in (False, True):
+        cfg = _cfg(d, shuffle=False, on_corrupt="skip", cache_decoded=cache)
+        inp = pipeline.make_train_input(cfg, process_index=0, process_count=1)
+        runs.append(_take(inp, 2 * inp.steps_per_epoch))
+    for a, b in zip(*runs):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert tfrecord.CORRUPTION_STATS.total == 1
+    tfrecord.CORRUPTION_STATS.reset()
+
+
 def test_streaming_shards_disjoint_and_covering(tiny_dataset):
     d, samples = tiny_dataset
     shards = Dataset.open(d).records.shard_paths
