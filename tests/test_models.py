@@ -529,3 +529,35 @@ def test_iresnet_remat_keeps_parameters_outputs_and_gradients():
     g2 = jax.jit(jax.grad(lambda p: loss(remat, p)))(v["params"])
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_iresnet_tiny_map_stride_path_keeps_outputs_and_gradients(monkeypatch):
+    """Stride-2 convs on maps <= iresnet.TINY_MAP run at stride 1 and are subsampled (an
+    XLA:CPU workaround); outputs and gradients must equal the strided conv's."""
+    import importlib
+
+    iresnet_lib = importlib.import_module("hfrjax.models.iresnet")
+
+    for size in (32,):  # Last stage 4x4 -> 2x2; TINY_MAP = 8 also sends stage 3 (8x8) there.
+        kw = dict(layers=[1, 1, 1, 1], base_width=4, input_size=size, embedding_dim=8)
+        model = get_model("iresnet", **kw)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, 3)), jnp.float32)
+        v = model.init(jax.random.key(0), x, train=False)
+
+        def loss(params, x):
+            out, _ = model.apply(
+                {"params": params, "batch_stats": v["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return jnp.sum(out**2)
+
+        results = []
+        for tiny in (8, 0):  # 8: every map <= 8x8 takes the path; 0: none does.
+            monkeypatch.setattr(iresnet_lib, "TINY_MAP", tiny)
+            results.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v["params"], x))
+        (l1, g1), (l2, g2) = results
+        np.testing.assert_allclose(l1, l2, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

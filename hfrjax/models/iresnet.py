@@ -32,6 +32,9 @@ IRESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {
     100: (3, 13, 30, 3),
 }
 
+# Largest map on which a stride-2 conv is computed at stride 1 and subsampled (IBasicBlock).
+TINY_MAP = 4
+
 # arcface_torch initialises every conv with N(0, 0.1).
 _conv_init = nn.initializers.normal(stddev=0.1)
 
@@ -61,9 +64,20 @@ class IBasicBlock(nn.Module):
         out = conv(self.planes, (3, 3), padding=torch_padding(1), name="conv1")(out)
         out = bn(name="bn2")(out)
         out = PReLU(param_dtype=self.param_dtype, name="prelu")(out)
+        # On a map of at most 4x4 XLA:CPU swaps the operands of this conv's input-gradient
+        # convolution (its kernel is as large as the map) and runs it ~3x slower than the
+        # stride-1 conv's whole backward; the stride-1 outputs at even positions are the
+        # stride-2 outputs, so tiny maps (the last stage of 32x32 models) take that path.
+        subsample = self.stride == 2 and out.shape[1] <= TINY_MAP
         out = conv(
-            self.planes, (3, 3), strides=self.stride, padding=torch_padding(1), name="conv2"
+            self.planes,
+            (3, 3),
+            strides=1 if subsample else self.stride,
+            padding=torch_padding(1),
+            name="conv2",
         )(out)
+        if subsample:
+            out = out[:, ::2, ::2]
         out = bn(name="bn3")(out)
         identity = x
         if self.downsample:
