@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import toy_task  # noqa: F401 - registers the "toy" task.
@@ -161,3 +162,30 @@ def test_sigterm_in_the_final_evaluation_stops_at_once_with_status_143():
                 sum(range(100))
         assert e.value.code == 143 and "rerun to finish the final evaluation" in e.value.msg
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Restored on exit.
+
+
+def test_load_weights_reads_a_checkpoint_once_and_sees_a_new_one(tmp_path, monkeypatch):
+    """Fine-tuning every fold from one pretraining run reads its checkpoint once; a newer
+    checkpoint (or a rewritten one) is read again; callers get their own containers."""
+    from hfrjax.train import checkpoint as ckpt_lib
+
+    trainer.train(toy_config(steps=3), str(tmp_path))
+    reads = []
+    restore = ckpt_lib.Checkpointer.restore_untyped
+    monkeypatch.setattr(
+        ckpt_lib.Checkpointer,
+        "restore_untyped",
+        lambda self, step=None: reads.append(step) or restore(self, step),
+    )
+    model, first = export_lib.load_weights(tmp_path)
+    first["params"].clear()  # A caller editing its copy must not touch the next caller's.
+    _, second = export_lib.load_weights(tmp_path)
+    assert reads == [3] and second["params"]
+    trainer.train(toy_config(steps=6), str(tmp_path))  # Resumes: a checkpoint at step 6.
+    _, third = export_lib.load_weights(tmp_path)
+    assert reads == [3, 6]
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(second["params"]), jax.tree.leaves(third["params"]))
+    ]
+    assert any(changed)

@@ -16,6 +16,8 @@ if the kill fell between the two renames, and says so.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import shutil
@@ -164,6 +166,12 @@ def _read_export(path: Path) -> tuple[dict, dict]:
     return meta, dict(tree)
 
 
+# The last checkpoints `load_weights` read, by (workdir, step, the step's mtime): fine-tuning
+# ten folds from one pretraining run reads its weights once. The arrays are jax arrays
+# (immutable), so sharing them is safe.
+_RECENT_LOADS: dict[tuple, tuple[dict, dict]] = {}
+
+
 def load_weights(path: str | os.PathLike, step: int | None = None) -> tuple[dict, dict]:
     """(model config {"name", "kwargs"}, model variables) from an export directory or from a
     training workdir's latest (or given) checkpoint: the one weight loader of the library."""
@@ -180,13 +188,23 @@ def load_weights(path: str | os.PathLike, step: int | None = None) -> tuple[dict
             step = ck.latest_readable_step() if step is None else step
             if step is None:
                 raise FileNotFoundError(f"{p / 'checkpoints'} holds no readable checkpoint")
-            _, raw, meta = ck.restore_untyped(step)
+            step_dir = p / "checkpoints" / str(step)
+            key = (str(p), step, step_dir.stat().st_mtime_ns if step_dir.exists() else None)
+            if key not in _RECENT_LOADS:
+                _, raw, meta = ck.restore_untyped(step)
+                spec = meta.get("export")
+                if not spec:
+                    raise ValueError(
+                        f"checkpoint {p} step {step} records no export spec in its metadata"
+                    )
+                if len(_RECENT_LOADS) >= 2:
+                    del _RECENT_LOADS[next(iter(_RECENT_LOADS))]
+                _RECENT_LOADS[key] = (spec["model"], select_variables(raw, spec["variables"]))
         finally:
             ck.close()
-        spec = meta.get("export")
-        if not spec:
-            raise ValueError(f"checkpoint {p} step {step} records no export spec in its metadata")
-        return spec["model"], select_variables(raw, spec["variables"])
+        model_cfg, variables = _RECENT_LOADS[key]
+        # Fresh containers (callers may edit them), the same immutable arrays.
+        return copy.deepcopy(model_cfg), jax.tree.map(lambda a: a, variables)
     raise FileNotFoundError(
         f"{path} is neither an exported embedder (model.json) nor a training workdir "
         "(checkpoints/)"
