@@ -11,9 +11,11 @@ failing stage and exits non-zero at the end.
 
 Writes OUT/runs/<stage>-<hash>/ (one workdir per distinct stage: identical stages of several
 cells run once), OUT/results.json ({cell: {seed: eval result}}) and OUT/tables.md (one row per
-cell, mean ± std over seeds x folds), both rewritten after every finished stage. Re-running the
-same command skips finished stages and resumes an interrupted one from its checkpoints. The
-sweep-config schema: hfrjax/sweep.py.
+cell, mean ± std over seeds x folds), both rewritten after every finished stage. A cell's
+columns are its evaluated stage's eval.json metrics: the protocol of eval.data_dir and the
+task's own evaluators (e.g. TOPLight's reid/Rank-1 ... reid/mINP,
+configs/toplight/tables_synthetic.py). Re-running the same command skips finished stages
+and resumes an interrupted one from its checkpoints. The sweep-config schema: hfrjax/sweep.py.
 """
 
 from __future__ import annotations

@@ -424,10 +424,15 @@ def test_evaluated_stage_without_eval_data_dir_needs_task_evaluators(tmp_path, m
     with pytest.raises(ValueError, match=r"cell 'a'.*'holdout_dri'"):
         sweep.plan_sweep(_cfg(typo), tmp_path / "out")
     # Run with a trainer whose result is the task evaluator's alone: it makes the table.
-    ev = {"metrics": ["holdout/acc"], "folds": [{"fold": None, "metrics": {"holdout/acc": 0.25}}],
-          "mean": {"holdout/acc": 0.25}, "std": {"holdout/acc": 0.0}}
+    ev = {
+        "metrics": ["holdout/acc"],
+        "folds": [{"fold": None, "metrics": {"holdout/acc": 0.25}}],
+        "mean": {"holdout/acc": 0.25},
+        "std": {"holdout/acc": 0.0},
+    }
     results = sweep.run_sweep(
-        _cfg(with_holdout, table={"metrics": ["holdout/acc"]}), tmp_path / "out",
+        _cfg(with_holdout, table={"metrics": ["holdout/acc"]}),
+        tmp_path / "out",
         train_fn=lambda c, w: SimpleNamespace(eval_results=ev, state=SimpleNamespace(step=1)),
         say=lambda m: None,
     )

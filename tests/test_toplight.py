@@ -294,7 +294,128 @@ def test_ganin_reversal_schedule():
 
 
 # ------------------------------------------------------------------------------------------
+# Re-id mode: the VI task's loop evaluators.
+
+REID = {"reid_eval.folds": (1,), "reid_eval.gallery": "all", "reid_eval.batch_size": 8}
+
+
+def _reference_reid(emb_q, labels_q, emb_g, labels_g):
+    """Rank-1, mAP (scikit-learn's AP per query) and mINP (|relevant| / rank of the last
+    relevant image) of cosine scores, in float64."""
+    from sklearn.metrics import average_precision_score
+
+    sim = emb_q.astype(np.float64) @ emb_g.astype(np.float64).T
+    rank1, aps, inps = [], [], []
+    for s, lab in zip(sim, labels_q):
+        rel = labels_g == lab
+        order = np.argsort(-s, kind="stable")
+        rank1.append(float(rel[order[0]]))
+        aps.append(average_precision_score(rel, s))
+        inps.append(rel.sum() / (np.flatnonzero(rel[order])[-1] + 1))
+    return {"Rank-1": np.mean(rank1), "mAP": np.mean(aps), "mINP": np.mean(inps)}
+
+
+def test_reid_evaluators_run_in_the_loops_evaluation(data, tmp_path):
+    from hfrjax.data.dataset import Dataset
+    from hfrjax.eval.protocols import embed_keys
+    from hfrjax.train import evaluation as loop_eval
+    from hfrjax.train.task import HookContext
+
+    c = vi_cfg(data, **{"eval.data_dir": str(data / "target"), "eval.folds": (1,),
+                        "eval.batch_size": 8, "reid_eval.data_dir": str(data / "target"), **REID})
+    t, loop_cfg, task_cfg = parse_config(c)
+    mesh = mesh_lib.make_mesh()
+    setup = t.setup(task_cfg, SetupContext(mesh, str(tmp_path), False))
+    assert list(setup.evaluators) == t.evaluator_names(task_cfg) == ["reid"]
+    hctx = HookContext(mesh, str(tmp_path), setup, say=lambda m: None)
+    written = []
+    writer = type("W", (), {"write": lambda self, step, flat: written.append(flat)})()
+    result = loop_eval.evaluate(loop_cfg.eval, setup, setup.state, mesh, 3, writer, tmp_path,
+                                lambda m: None, hook_ctx=hctx)
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert on_disk["step"] == 3 and on_disk["mean"] == pytest.approx(result["mean"])
+    fold = on_disk["folds"][0]["metrics"]
+    assert {"Rank-1", "TAR@FAR=1e-2", "reid/Rank-1", "reid/Rank-10", "reid/mAP",
+            "reid/mINP"} <= set(fold)
+    assert written[0]["eval/reid/mAP"] == pytest.approx(fold["reid/mAP"])
+    # Independent: fold 1's NIR probes against every VIS image of its test identities.
+    ds = Dataset.open(data / "target")
+    probes = _keys([0, 1, 2], "nir")
+    gallery = _keys([0, 1, 2], "vis")
+    emb = embed_keys(hctx.embedder(setup.state), ds, probes + gallery, 8,
+                     image_size=(SIZE, SIZE))
+    lab = np.asarray([int(k[2:5]) for k in probes + gallery])
+    want = _reference_reid(emb[:12], lab[:12], emb[12:], lab[12:])
+    for name, v in want.items():
+        assert fold[f"reid/{name}"] == pytest.approx(v, abs=1e-6), name
+
+
+def test_reid_evaluator_names_and_errors_come_before_training(data):
+    vi = task.ViTask()
+
+    def names(**over):
+        return vi.evaluator_names(parse_config(vi_cfg(data, **over))[2])
+
+    assert names() == []  # No reid_eval.data_dir: no re-id evaluation.
+    target = str(data / "target")
+    assert names(**{"reid_eval.data_dir": target}) == ["reid"]
+    assert names(**{"reid_eval.data_dir": target,
+                    "reid_eval.directions": ("probe->gallery", "gallery->probe")}) == [
+        "reid[probe->gallery]", "reid[gallery->probe]"]
+    assert names(**{"reid_eval.data_dir": target, "reid_eval.modes": ("a", "b")}) == [
+        "reid[a]", "reid[b]"]
+    with pytest.raises(ConfigError, match="gallery='all' takes no modes"):
+        names(**{"reid_eval.data_dir": target, "reid_eval.modes": ("a",),
+                 "reid_eval.gallery": "all"})
+    with pytest.raises(ConfigError, match="reid_eval.gallery must be"):
+        names(**{"reid_eval.gallery": "every"})
+
+
+def _one_vi_cell_sweep(data, eval_dir: bool, reid_dir: bool, **over) -> dict:
+    """A sweep of one TOPLight VI cell at tiny size (no pretraining: random initialisation)."""
+    from hfrjax import sweep
+
+    overrides = {"input.data_dir": "{data}/target", "network.width_mult": 0.25,
+                 "input.image_size": [SIZE, SIZE], "input.batch_size": 8, "input.p": 2,
+                 "input.k": 2, "eval.batch_size": 8, "eval.data_dir": "", **REID,
+                 "reid_eval.data_dir": "{data}/target" if reid_dir else "", **over}
+    if eval_dir:
+        overrides["eval.data_dir"] = "{data}/target"
+    vi = sweep.stage("vi", "configs/toplight/synthetic.py:stage=vi,row=9", overrides)
+    return {"name": "tl", "cells": [{"name": "vi9", "stages": [vi]}], "data_dir": str(data),
+            "table": {"metrics": ["Rank-1", "reid/Rank-1", "reid/mAP", "reid/mINP"]}}
+
+
+def test_sweep_plans_a_reid_only_stage_and_refuses_one_without_evaluation(data, tmp_path):
+    from hfrjax import sweep
+
+    plan = sweep.plan_sweep(_one_vi_cell_sweep(data, False, True), tmp_path / "out")
+    assert plan.runs[0].evaluate and not plan.runs[0].config.eval.data_dir
+    with pytest.raises(ValueError, match="no eval.data_dir and its task declares no evaluators"):
+        sweep.plan_sweep(_one_vi_cell_sweep(data, False, False), tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------------
 # Whole runs (each compiles a dual-path train step: minutes on a loaded 2-core CPU).
+
+
+@pytest.mark.slow
+def test_sweep_runs_a_toplight_cell_with_reid_columns(data, tmp_path):
+    """The standard sweep and trainer (no TOPLight-specific train_fn): one VI step, then the
+    face protocol and the re-id evaluators fill one table row."""
+    from hfrjax import sweep
+
+    cfg = _one_vi_cell_sweep(data, True, True, total_steps=1)
+    results = sweep.run_sweep(cfg, tmp_path / "sweep", say=lambda m: None)
+    ev = results["vi9"]["0"]
+    fold = ev["folds"][0]["metrics"]
+    assert {"Rank-1", "reid/Rank-1", "reid/mAP", "reid/mINP"} <= set(fold)
+    table = (tmp_path / "sweep" / sweep.TABLES_MD).read_text()
+    header = next(x for x in table.splitlines() if x.startswith("| Cell"))
+    line = next(x for x in table.splitlines() if x.startswith("| vi9 "))
+    cols = dict(zip([h.strip() for h in header.split("|")], [v.strip() for v in line.split("|")]))
+    assert cols["reid/mAP"].startswith(f"{100 * fold['reid/mAP']:.2f}"), (header, line)
+    assert cols["Rank-1"].startswith(f"{100 * fold['Rank-1']:.2f}"), (header, line)
 
 
 def _losses(workdir):
@@ -313,6 +434,7 @@ def _resume_matches(config, workdir):
     r = trainer.train(config, str(workdir))
     assert r.resumed_from == 2
     assert _losses(workdir) == ref and len(ref) == 4
+    return r
 
 
 @pytest.mark.slow
@@ -326,11 +448,17 @@ def test_vi_resume_gives_identical_losses_and_evaluates_both_modes(data, tmp_pat
                         "eval.batch_size": 8, "reid_eval.data_dir": str(data / "target"),
                         "reid_eval.folds": (1,), "reid_eval.gallery": "all",
                         "reid_eval.batch_size": 8})
-    _resume_matches(c, tmp_path / "vi")
-    r = evaluation.train_and_evaluate(c, str(tmp_path / "vi"))  # complete: evaluates only
-    names = r.eval_results["metrics"]
-    assert {"Rank-1", "TAR@FAR=1e-2", "reid/Rank-1", "reid/mAP", "reid/mINP"} <= set(names)
-    assert (tmp_path / "vi" / evaluation.REID_JSON).is_file()
+    r = _resume_matches(c, tmp_path / "vi")
+    ev = json.loads((tmp_path / "vi" / "eval.json").read_text())  # The loop's evaluation.
+    assert {"Rank-1", "TAR@FAR=1e-2", "reid/Rank-1", "reid/mAP", "reid/mINP"} <= set(
+        ev["metrics"])
+    # What the removed train_and_evaluate merged after training (re-id of the returned
+    # state's embedder) is what the loop's evaluators put in eval.json.
+    ref = evaluation.reid_result(r.embedder, parse_config(c)[2].reid_eval, None,
+                                 "probe->gallery", (SIZE, SIZE))
+    got = r.eval_results["folds"][0]["metrics"]
+    for name, v in ref["folds"][0]["metrics"].items():
+        assert got[f"reid/{name}"] == pytest.approx(v, abs=1e-7), name
 
 
 @pytest.mark.slow
@@ -352,8 +480,7 @@ def test_table3_sweep_runs_at_tiny_size(data, tmp_path):
         for s in c["stages"]:
             s["overrides"].update(tiny[s["name"]])
     cfg["data_dir"] = str(data)
-    results = sweep.run_sweep(cfg, tmp_path / "sweep", train_fn=evaluation.train_and_evaluate,
-                              say=lambda m: None)
+    results = sweep.run_sweep(cfg, tmp_path / "sweep", say=lambda m: None)  # The loop's trainer.
     assert set(results) == {"no1-sp", "no2-g-id", "no9-hvsa"}
     table = (tmp_path / "sweep" / sweep.TABLES_MD).read_text()
     for row in ("no1-sp", "no2-g-id", "no9-hvsa"):

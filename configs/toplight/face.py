@@ -1,6 +1,6 @@
 """TOPLight's face variant (Table 8): TOP + FDR on Oulu-CASIA NIR-VIS and BUAA-VisNir.
 
-  python launch/toplight_train.py --config=configs/toplight/face.py:dataset=oulu \
+  python launch/train.py --config=configs/toplight/face.py:dataset=oulu \
       --config.init_from=W/toplight/top_face --workdir=W/toplight/oulu
   # the TOP stage for faces: configs/toplight/top.py with 112 x 112 inputs
   #   (--config.input.image_size="(112,112)") on a generic face set.

@@ -1,14 +1,15 @@
 """TOPLight Steps 2-3 on RegDB (one of the 10 trials): soup of a TOP run, VI training, FDR.
 
   for k in 1 2 3 4 5 6 7 8 9 10; do
-    python launch/toplight_train.py --config=configs/toplight/regdb.py:trial=$k \
+    python launch/train.py --config=configs/toplight/regdb.py:trial=$k \
         --config.init_from=W/toplight/top --workdir=W/toplight/regdb_$k
   done
 
 Training: trial k's 206 training identities (10 visible + 10 thermal images each), otherwise
 as SYSU-MM01 (§4.1). Evaluation (re-id, `hfrjax.eval.reid`, RegDB rules: image-level CMC):
 visible->thermal and thermal->visible on trial k's 206 test identities; the paper reports
-the mean over the 10 trials (average the workdirs' reid.json).
+the mean over the 10 trials (average the workdirs' eval.json means of
+``reid[visible->thermal]/...`` and ``reid[thermal->visible]/...``).
 
 Arguments: trial (1..10, default 1), fdr (full | h | v | sa | none), init_from,
 data_root ({data_root}/regdb), seed.

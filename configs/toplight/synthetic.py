@@ -4,7 +4,7 @@
       --config.input.data_dir=W/data/source --workdir=W/tl/sp
   python launch/train.py --config=configs/toplight/synthetic.py:stage=top,row=9 \
       --config.input.data_dir=W/data/source --config.init_from=W/tl/sp --workdir=W/tl/top
-  python launch/toplight_train.py --config=configs/toplight/synthetic.py:stage=vi,row=9 \
+  python launch/train.py --config=configs/toplight/synthetic.py:stage=vi,row=9 \
       --config.input.data_dir=W/data/target --config.init_from=W/tl/top \
       --config.eval.data_dir=W/data/target --config.reid_eval.data_dir=W/data/target \
       --workdir=W/tl/vi

@@ -1,9 +1,9 @@
 """TOPLight Steps 2-3 on SYSU-MM01: uniform soup of a TOP run, then VI training with FDR.
 
-  python launch/toplight_train.py --config=configs/toplight/sysu.py:fdr=full \
+  python launch/train.py --config=configs/toplight/sysu.py:fdr=full \
       --config.init_from=W/toplight/top --workdir=W/toplight/sysu
-  # (launch/train.py trains the same config; launch/toplight_train.py adds the re-id
-  #  evaluation: all-search and indoor-search, 10 trials each, reid.json in the workdir.)
+  # (the loop then runs the task's re-id evaluators: all-search and indoor-search, 10
+  #  trials each, in WORKDIR/eval.json as reid[all-search]/..., reid[indoor-search]/...)
 
 Training (§4.1, Table 2(a)): every image of the 395 train + val identities (the converter's
 protocol, fold 1), 6 identities x (6 visible + 6 infrared) per batch, 288 x 144, random

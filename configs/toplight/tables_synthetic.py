@@ -1,11 +1,11 @@
 """The shape of TOPLight's Table 3 on the synthetic data: TOP variants x FDR variants.
 
-  python launch/toplight_tables.py --config=configs/toplight/tables_synthetic.py \
+  python launch/sweep.py --config=configs/toplight/tables_synthetic.py \
       --out=/tmp/hfrjax_toplight_tables --data_dir=/tmp/hfrjax_toplight_tables/data \
       --synth=quickstart [--seeds=0,1,2]
 
-(``--synth`` generates the synthetic sets first if absent; launch/toplight_tables.py is
-launch/sweep.py plus the re-id evaluation.) Every cell is a pipeline of stages sharing
+(``--synth`` generates the synthetic sets first if absent; the VI stages' re-id evaluation is
+the ``toplight_vi`` task's loop evaluators, merged into each eval.json.) Every cell is a pipeline of stages sharing
 workdirs where identical: "sp" (standard single-path pretraining on the VIS source set, the
 ImageNet-1k stand-in, shared by all cells), "top" (task-oriented pretraining on the source
 set from sp, the ImageNet-mini stand-in; rows 5-9 share one) and "vi" (uniform soup, then VI

@@ -17,7 +17,6 @@ if the kill fell between the two renames, and says so.
 from __future__ import annotations
 
 import copy
-
 import json
 import os
 import shutil

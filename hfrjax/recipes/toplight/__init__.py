@@ -9,8 +9,8 @@ visible-infrared recognition (Yu, Cheng and Peng, CVPR 2023).
   ``toplight_dual_routed``), fast initialisation, and the weight surgery between stages
   (single path -> TOP copies, TOP -> souped average).
 * `inputs` — the paired task-oriented augmentation input and the modality-split P x K input.
-* `evaluation` — re-id mode (Rank-k, mAP, mINP) next to the face protocol, and
-  `train_and_evaluate` for sweeps.
+* `evaluation` — re-id mode (Rank-k, mAP, mINP) as the VI task's loop evaluators, next to
+  the loop's face protocol.
 * `configs` — builders of every setting of the paper and of the synthetic Table 3.
 """
 

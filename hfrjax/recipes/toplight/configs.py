@@ -229,7 +229,7 @@ def vi_config(
     FDR). ``face``: 112 x 112 face crops and the face protocol's evaluation (``eval``; TAR at
     FAR 1 % and 0.1 %, Rank-1); otherwise 288 x 144 person crops. Re-id evaluation
     (``reid_eval``) runs on ``eval_dir`` when ``reid_modes`` / ``reid_directions`` say so
-    (`evaluation.train_and_evaluate`).
+    (the task's loop evaluators, `evaluation.reid_evaluators`).
     """
     sc = _scale(scale)
     hp = sc["vi"]

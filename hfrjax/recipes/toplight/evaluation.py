@@ -1,38 +1,32 @@
 """TOPLight's two evaluation modes: re-identification (Rank-k, mAP, mINP; TOPLight §4.1) and
-face recognition (TAR@FAR, Rank-1; §4.5), and a train function that runs both.
+face recognition (TAR@FAR, Rank-1; §4.5), both run by the training loop.
 
-The loop's own evaluation (``eval.data_dir``) is the face protocol (`hfrjax.eval.protocols`).
-`reid_evaluation` adds the re-id metrics of `hfrjax.eval.reid` after training:
+The loop's protocol evaluation (``eval.data_dir``) is the face mode (`hfrjax.eval.protocols`).
+The re-id mode (``reid_eval``) is the ``toplight_vi`` task's evaluators (`reid_evaluators`,
+`hfrjax.train.task.TaskSetup.evaluators`), one per search mode x direction, which the loop
+runs with its own evaluation and merges into ``eval.json`` as ``reid/Rank-1``, ``reid/mAP``
+... (per fold), so `hfrjax.train.trainer.train`, ``launch/train.py`` and the standard sweep
+(``launch/sweep.py``) give both modes in one result and one table row:
 * on a converted re-id benchmark (SYSU-MM01, RegDB): `reid.evaluate_reid` under the
   benchmark's own rules, per search mode and direction;
 * on a face protocol whose gallery holds one image per identity (the synthetic NIR-VIS set,
   CASIA-style lists), ``gallery="all"`` builds a re-id gallery from *every* gallery-modality
   image of each fold's test identities, so that mAP and mINP measure more than the first hit
   (with one relevant image, AP equals the reciprocal rank).
-
-`train_and_evaluate(config, workdir)` = `trainer.train` + `reid_evaluation` for
-``toplight_vi`` configs with ``reid_eval.data_dir``; it writes ``reid.json`` to the workdir and
-merges the re-id metrics into the returned evaluation result (per fold, names prefixed
-``reid/``), so that `hfrjax.sweep.run_sweep(..., train_fn=train_and_evaluate)` tabulates both
-modes in one row (``launch/toplight_tables.py``).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from hfrjax.config import ConfigError
 from hfrjax.data.dataset import Dataset
 from hfrjax.data.protocol import Protocol
 from hfrjax.eval import metrics
 from hfrjax.eval import reid as reid_lib
 from hfrjax.eval.protocols import embed_keys
-from hfrjax.fileio import write_text_atomic
-
-REID_JSON = "reid.json"
 
 
 def _fold_ids(protocol: Protocol, folds: Sequence[int] | None) -> list[int]:
@@ -90,80 +84,58 @@ def all_images_gallery_reid(
             "std": std}
 
 
-def reid_evaluation(embed_fn: Callable, reid_cfg, image_size=None) -> dict[str, dict]:
-    """{label: result} for every search mode x direction of ``reid_cfg`` (a
-    `task.ReidEvalConfig`); labels are "reid" plus "[mode]" / "[direction]" when several."""
+def reid_labels(reid_cfg) -> dict[str, tuple[str | None, str]]:
+    """{label: (search mode, direction)} of ``reid_cfg`` (a `task.ReidEvalConfig`), none
+    without ``data_dir``; labels are "reid" plus "[mode]" / "[direction]" when several. Each
+    label names a loop evaluator, so its metrics reach ``eval.json`` as "label/Rank-1" ..."""
+    if reid_cfg.gallery not in ("protocol", "all"):
+        raise ConfigError(f"reid_eval.gallery must be 'protocol' or 'all', got "
+                          f"{reid_cfg.gallery!r}")
+    if not reid_cfg.data_dir:
+        return {}
     modes = list(reid_cfg.modes) or [None]
     directions = list(reid_cfg.directions)
     if not directions:
-        raise ValueError("reid_eval.directions is empty")
+        raise ConfigError("reid_eval.directions is empty")
+    if reid_cfg.gallery == "all" and modes != [None]:
+        raise ConfigError(f"reid_eval.gallery='all' takes no modes, got {tuple(modes)}")
+    return {
+        "reid" + (f"[{mode}]" if len(modes) > 1 else "")
+        + (f"[{direction}]" if len(directions) > 1 else ""): (mode, direction)
+        for mode in modes
+        for direction in directions
+    }
+
+
+def reid_result(embed_fn: Callable, reid_cfg, mode: str | None, direction: str,
+                image_size=None) -> dict[str, Any]:
+    """One search mode x direction of ``reid_cfg``: `all_images_gallery_reid` for
+    ``gallery="all"``, else the benchmark's own rules (`hfrjax.eval.reid.evaluate_reid`)."""
     folds = list(reid_cfg.folds) if reid_cfg.folds else None
-    out = {}
-    for mode in modes:
-        for direction in directions:
-            label = "reid" + (f"[{mode}]" if len(modes) > 1 else "") + (
-                f"[{direction}]" if len(directions) > 1 else ""
-            )
-            if reid_cfg.gallery == "all":
-                if mode is not None:
-                    raise ValueError("reid_eval.gallery='all' takes no modes")
-                out[label] = all_images_gallery_reid(
-                    embed_fn, reid_cfg.data_dir, folds=folds, direction=direction,
-                    batch_size=reid_cfg.batch_size, image_size=image_size,
-                )
-            else:
-                out[label] = reid_lib.evaluate_reid(
-                    embed_fn, reid_cfg.data_dir, mode=mode, direction=direction, folds=folds,
-                    batch_size=reid_cfg.batch_size, image_size=image_size,
-                )
-    return out
+    if reid_cfg.gallery == "all":
+        return all_images_gallery_reid(
+            embed_fn, reid_cfg.data_dir, folds=folds, direction=direction,
+            batch_size=reid_cfg.batch_size, image_size=image_size,
+        )
+    return reid_lib.evaluate_reid(
+        embed_fn, reid_cfg.data_dir, mode=mode, direction=direction, folds=folds,
+        batch_size=reid_cfg.batch_size, image_size=image_size,
+    )
 
 
-def merge_results(face: dict | None, reid: dict[str, dict]) -> dict | None:
-    """The face result with each re-id result's per-fold metrics added as ``label/name``
-    (folds matched by number; re-id results over other folds are left out of the merge and
-    stay in ``face["reid"]``). Without a face result: the re-id results alone, merged."""
-    results = dict(reid)
-    if face is None:
-        if not results:
-            return None
-        first = next(iter(results.values()))
-        face = {"direction": first.get("direction"), "metrics": [],
-                "folds": [{"fold": f["fold"], "metrics": {}} for f in first["folds"]]}
-    merged = dict(face, folds=[dict(f, metrics=dict(f["metrics"])) for f in face["folds"]])
-    names = list(merged.get("metrics") or [])
-    by_fold = {f["fold"]: f for f in merged["folds"]}
-    for label, res in results.items():
-        got = {f["fold"]: f["metrics"] for f in res["folds"]}
-        if set(got) != set(by_fold):
-            continue
-        for k, fold in by_fold.items():
-            fold["metrics"].update({f"{label}/{n}": v for n, v in got[k].items()})
-        names += [f"{label}/{n}" for n in res["metrics"]]
-    merged["metrics"] = names
-    merged["mean"], merged["std"] = metrics.aggregate([f["metrics"] for f in merged["folds"]])
-    merged["reid"] = {label: {"mean": r["mean"], "std": r["std"], "mode": r.get("mode"),
-                              "direction": r.get("direction")} for label, r in results.items()}
-    return merged
+def reid_evaluators(reid_cfg, image_size=None) -> dict[str, Callable]:
+    """The loop evaluators (`hfrjax.train.task.TaskSetup.evaluators`) of ``reid_cfg``: one
+    ``fn(hook_ctx, state, step) -> result`` per label of `reid_labels`, embedding with the
+    state's parameters (BN in inference mode), as the loop's face protocol does. The
+    evaluators of one evaluation (the same state) share one embedder: one compilation."""
+    last: list = [None, None]  # [state, its embedder]
 
+    def evaluator(mode, direction):
+        def fn(hctx, state, step):
+            if last[0] is not state:
+                last[:] = [state, hctx.embedder(state)]
+            return reid_result(last[1], reid_cfg, mode, direction, image_size)
 
-def train_and_evaluate(config: Any, workdir: str):
-    """`hfrjax.train.trainer.train`, then the re-id evaluation of a ``toplight_vi`` config
-    with ``reid_eval.data_dir`` (module docstring). Returns the trainer's result with
-    ``eval_results`` replaced by the merged face + re-id result."""
-    from hfrjax.tasks import parse_config
-    from hfrjax.train import trainer
+        return fn
 
-    result = trainer.train(config, workdir)
-    task, _, task_cfg = parse_config(config)
-    reid_cfg = getattr(task_cfg, "reid_eval", None)
-    if task.name != "toplight_vi" or reid_cfg is None or not reid_cfg.data_dir:
-        return result
-    reid = reid_evaluation(result.embedder, reid_cfg, task_cfg.input.image_size)
-    write_text_atomic(Path(workdir) / REID_JSON, json.dumps(reid, indent=1, default=float) + "\n")
-    face = result.eval_results
-    if face is not None and "folds" not in face:  # A complete run returns only the means:
-        path = Path(workdir) / "eval.json"  # the full result is the loop's eval.json.
-        face = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    result.eval_results = merge_results(face, reid)
-    return result
+    return {label: evaluator(*md) for label, md in reid_labels(reid_cfg).items()}

@@ -65,6 +65,7 @@ from hfrjax.losses.domain_conflict import (
     identity_consistency_loss,
     logistic_domain_loss,
 )
+from hfrjax.recipes.toplight import evaluation
 from hfrjax.recipes.toplight import network as net_lib
 from hfrjax.recipes.toplight.inputs import (
     ModalitySplitInput,
@@ -171,8 +172,9 @@ class ViLossConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class ReidEvalConfig(Section):
-    """Re-identification evaluation after training (`evaluation.train_and_evaluate`; the
-    loop's own ``eval`` runs the face protocol)."""
+    """Re-identification evaluation (§4.1): the task's loop evaluators
+    (`evaluation.reid_evaluators`), run with the loop's ``eval`` (the face protocol) and
+    merged into ``eval.json`` as ``reid/<metric>``."""
 
     data_dir: str = ""  # A converted re-id benchmark, or any dataset with a protocol.
     modes: tuple[str, ...] = ()  # SYSU-MM01: ("all-search", "indoor-search").
@@ -514,9 +516,7 @@ class ViTask:
         if cfg.input.sampler != "pk":
             raise ConfigError(f"toplight_vi needs input.sampler='pk' (P identities x K images "
                               f"per modality), got {cfg.input.sampler!r}")
-        if cfg.reid_eval.gallery not in ("protocol", "all"):
-            raise ConfigError(f"reid_eval.gallery must be 'protocol' or 'all', got "
-                              f"{cfg.reid_eval.gallery!r}")
+        evaluators = evaluation.reid_evaluators(cfg.reid_eval, cfg.input.image_size)
         model, model_cfg = build_network(cfg, private_blocks=1, fdr=cfg.fdr.model_option())
         inner = pipeline.make_train_input(cfg.input, mesh=None)
         train_input = ModalitySplitInput(inner, ctx.mesh)
@@ -567,4 +567,10 @@ class ViTask:
                 f"{cfg.input.batch_size}; "
             ),
             eval_input={"image_size": cfg.input.image_size, "channels": 3},
+            evaluators=evaluators,
         )
+
+    def evaluator_names(self, cfg: ViConfig) -> list[str]:
+        """The evaluators ``setup`` gives ``cfg`` (re-id per search mode x direction), known
+        without building anything: a sweep stage with them needs no ``eval.data_dir``."""
+        return list(evaluation.reid_labels(cfg.reid_eval))
