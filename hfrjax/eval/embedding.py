@@ -9,6 +9,7 @@ second argument.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, Sequence
 
@@ -168,14 +169,10 @@ class MeshEmbedder:
         self.params, self.model_state, self.mesh = params, model_state, mesh
         self._n_data = mesh.shape[mesh_lib.DATA_AXIS]
         self._batch = mesh_lib.batch_sharding(mesh)
-        rep = mesh_lib.replicated(mesh)
-
-        def run(params, model_state, images, modality):
-            return embed(params, model_state, images, modality, train_bn)
-
-        self._run = jax.jit(
-            run, in_shardings=(rep, rep, self._batch, self._batch), out_shardings=rep
-        )
+        try:
+            self._run = _jitted_embed(embed, train_bn, mesh)
+        except TypeError:  # An unhashable callable: compiled for this embedder only.
+            self._run = _jitted_embed.__wrapped__(embed, train_bn, mesh)
 
     def __call__(self, images: np.ndarray, modality: Any = None) -> np.ndarray:
         images = np.asarray(images)
@@ -189,3 +186,17 @@ class MeshEmbedder:
         m = jax.make_array_from_callback(codes.shape, self._batch, lambda i: codes[i])
         out = self._run(self.params, self.model_state, x, m)
         return l2_normalize(np.asarray(out.addressable_data(0))[:n])
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_embed(embed: Callable, train_bn: bool, mesh) -> Callable:
+    """`MeshEmbedder`'s compiled function, one per (embed, train_bn, mesh): embedders built
+    again for the same function (a new fold, a new evaluation) are not traced again."""
+    from hfrjax.train import mesh as mesh_lib
+
+    batch, rep = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+
+    def run(params, model_state, images, modality):
+        return embed(params, model_state, images, modality, train_bn)
+
+    return jax.jit(run, in_shardings=(rep, rep, batch, batch), out_shardings=rep)

@@ -10,6 +10,7 @@ classifier rows and adds regularisers) through its small overridable methods.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -181,8 +182,13 @@ def classification_step(
     )
 
 
+@functools.lru_cache(maxsize=16)
 def backbone_embed(backbone):
-    """The task's embedder: eval-mode (or batch-statistics) BN, one embedding per image."""
+    """The task's embedder: eval-mode (or batch-statistics) BN, one embedding per image.
+
+    One function per backbone configuration (flax modules compare by their fields), so runs in
+    one process (the quickstart's ten folds) reuse the compiled embedding (`MeshEmbedder`).
+    """
 
     def embed(params, model_state, images, modality, train_bn=False):
         rng = jax.random.key(0) if train_bn else None
