@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hfrjax.models.depthwise_cpu import grouped_conv_cpu
+
 Dtype = Any
 
 # torch.nn.BatchNorm defaults: eps=1e-5, momentum=0.1 where
@@ -136,12 +138,25 @@ def grouped_conv_shifts(
     return out
 
 
+GROUPED_IMPLS = ("auto", "conv", "shifts", "fused")
+
+
+def resolve_grouped_impl(impl: str) -> str:
+    """ "auto" -> "fused" on CPU, "conv" elsewhere; a ValueError for an unknown name."""
+    if impl not in GROUPED_IMPLS:
+        raise ValueError(f"grouped conv impl must be one of {GROUPED_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "fused" if jax.default_backend() == "cpu" else "conv"
+    return impl
+
+
 class GroupedConv(nn.Module):
     """Grouped conv (no bias) with ``nn.Conv``'s parameter layout (HWIO "kernel").
 
-    ``impl``: "conv" (``lax.conv_general_dilated``), "shifts" (`grouped_conv_shifts`), or
-    "auto" (shifts on CPU, conv elsewhere). Same parameters either way, so checkpoints and the
-    PyTorch converters work with both.
+    ``impl``: "conv" (``lax.conv_general_dilated``), "shifts" (`grouped_conv_shifts`, autodiff),
+    "fused" (`depthwise_cpu.grouped_conv_cpu`: one fused loop per pass, forward and backward),
+    or "auto" (fused on CPU, conv elsewhere). Same parameters either way, so checkpoints and
+    the PyTorch converters work with all of them.
     """
 
     features: int
@@ -156,16 +171,14 @@ class GroupedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        impl = self.impl
-        if impl == "auto":
-            impl = "shifts" if jax.default_backend() == "cpu" else "conv"
-        if impl not in ("conv", "shifts"):
-            raise ValueError(f"grouped conv impl must be 'auto', 'conv' or 'shifts', got {impl!r}")
+        impl = resolve_grouped_impl(self.impl)
         shape = (*self.kernel_size, x.shape[-1] // self.groups, self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if impl == "shifts":
             return grouped_conv_shifts(x, kernel, self.stride, self.padding, self.groups)
+        if impl == "fused":
+            return grouped_conv_cpu(x, kernel, self.stride, self.padding, self.groups)
         return jax.lax.conv_general_dilated(
             x,
             kernel,

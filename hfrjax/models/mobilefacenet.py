@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 import chex
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from hfrjax.models.layers import (
@@ -24,6 +23,7 @@ from hfrjax.models.layers import (
     GroupedConv,
     PReLU,
     grouped_conv_shifts,
+    resolve_grouped_impl,
     torch_padding,
 )
 from hfrjax.models.registry import register_model
@@ -62,7 +62,8 @@ def grouped_conv_depthwise_expanded(
 
 class FewChannelGroupConv(nn.Module):
     """`layers.GroupedConv` (same "kernel" parameter, shape and initialisation) computed with
-    `grouped_conv_depthwise_expanded`; for groups of more than one channel on CPU."""
+    `grouped_conv_depthwise_expanded`; the "shifts" impl for groups of more than one channel
+    (the "fused" impl handles those in `layers.GroupedConv` itself)."""
 
     features: int
     kernel_size: tuple[int, int]
@@ -98,9 +99,7 @@ class ConvBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         kernel = (self.kernel, self.kernel) if isinstance(self.kernel, int) else tuple(self.kernel)
         few_channels = self.groups > 1 and x.shape[-1] > self.groups  # > 1 channel per group.
-        impl = self.grouped_impl
-        if impl == "auto":
-            impl = "shifts" if jax.default_backend() == "cpu" else "conv"
+        impl = resolve_grouped_impl(self.grouped_impl)
         if few_channels and impl == "shifts":
             x = FewChannelGroupConv(
                 self.features,
@@ -120,7 +119,7 @@ class ConvBlock(nn.Module):
                 self.groups,
                 stride=self.stride,
                 padding=self.padding,
-                impl=self.grouped_impl,
+                impl=impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 kernel_init=_kaiming_fan_out,
@@ -191,7 +190,7 @@ class MobileFaceNet(nn.Module):
     embedding_dim: int = 512
     input_size: int = 112
     in_channels: int = 3
-    grouped_impl: str = "auto"  # "conv" | "shifts" | "auto" (shifts on CPU): layers.GroupedConv.
+    grouped_impl: str = "auto"  # "conv" | "shifts" | "fused" | "auto" (fused on CPU): GroupedConv.
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 

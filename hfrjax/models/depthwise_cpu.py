@@ -1,0 +1,207 @@
+"""Depthwise and few-channel grouped convolutions that XLA:CPU runs fast, forward and backward.
+
+MobileFaceNet (Chen et al., "MobileFaceNets", §3.2, Table 1) is built from 3x3 depthwise convs
+and, in arcface_torch's variant, one grouped conv with 2 channels per group. XLA:CPU runs
+grouped convolutions (``feature_group_count``) slowly, above all their gradients; a sum of
+shifted slices is faster, but its autodiff materialises a full-size tensor per kernel tap. Here
+the forward pass, the input gradient and the kernel gradient are each written so that XLA fuses
+them into one elementwise loop over shifted slices (``jax.custom_vjp``):
+
+  forward  y[n, h, w, q] = sum_{i, j} xpad[n, s*h + i, s*w + j, q] k[i, j, q]
+  dx                     = the same sum over dy dilated by s and padded by kh - 1 - p, with the
+                           spatially flipped kernel
+  dk[i, j, q]            = sum_{n, h, w} xpad[n, s*h + i, s*w + j, q] dy[n, h, w, q]
+
+A grouped conv with m input and m output channels per group is m such depthwise terms: output
+channel q = g*m + o reads input channel g*m + (o + r) % m through kernel entry
+k[i, j, (o + r) % m, q] for r = 0 .. m-1, i.e. depthwise convs of channel-rotated copies of x
+(rotated within each group). Each copy is materialised once, so every loop reads contiguous
+channels (XLA:CPU does not vectorise the within-group broadcast ``x[..., g, c] * k[c, g, o]``).
+
+Kernels are HWIO [kh, kw, C_in / groups, C_out] as ``lax.conv_general_dilated`` with
+``feature_group_count=groups`` and symmetric padding (torch's ``Conv2d(padding=p)``); results
+equal it up to float rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _check(x: jnp.ndarray, kernel: jnp.ndarray, groups: int) -> tuple[int, int, int, int]:
+    kh, kw, g_in, c_out = kernel.shape
+    if x.ndim != 4 or x.shape[-1] != groups * g_in or c_out % groups:
+        raise ValueError(
+            f"grouped kernel {kernel.shape} with {groups} groups does not fit NHWC input {x.shape}"
+        )
+    return kh, kw, g_in, c_out // groups
+
+
+def _pad_hw(x: jnp.ndarray, pads: Pads, interior: int = 0) -> jnp.ndarray:
+    """Pads (or crops, for negative amounts) H and W; ``interior`` zeros between elements."""
+    cfg = ((0, 0, 0), (*pads[0], interior), (*pads[1], interior), (0, 0, 0))
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def _tap(
+    xp: jnp.ndarray, i: int, j: int, h: int, w: int, stride: int, c0: int = 0, c1: int | None = None
+) -> jnp.ndarray:
+    """xp[:, s*a + i, s*b + j, c0:c1] for a < h, b < w."""
+    n, _, _, c = xp.shape
+    end = (n, i + stride * (h - 1) + 1, j + stride * (w - 1) + 1, c if c1 is None else c1)
+    return jax.lax.slice(xp, (0, i, j, c0), end, (1, stride, stride, 1))
+
+
+def _out_hw(xp: jnp.ndarray, kh: int, kw: int, stride: int) -> tuple[int, int]:
+    return (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+
+
+def padded_rotations(a: jnp.ndarray, m: int, pads: Pads, interior: int = 0, sign: int = 1):
+    """[n, H', W', m * C]: the padded ``a`` with its channels rotated within groups of m by
+    sign * r (r = 0 .. m-1) side by side, materialised once, so that the fused loops below read
+    contiguous channel ranges of one padded buffer (XLA:CPU would otherwise pad every operand
+    separately, and does not vectorise the within-group gather of a rotation)."""
+    parts = [_pad_hw(_rotate(a, sign * r, m), pads, interior) for r in range(m)]
+    return jax.lax.optimization_barrier(parts[0] if m == 1 else jnp.concatenate(parts, axis=-1))
+
+
+def depthwise_sum(xr: jnp.ndarray, ks: list, stride: int) -> jnp.ndarray:
+    """sum_r depthwise_conv(xr[..., r*C:(r+1)*C], ks[r]) with kernels [kh, kw, C] (no padding:
+    ``xr`` is padded already): one fused elementwise loop."""
+    kh, kw, c = ks[0].shape
+    h, w = _out_hw(xr, kh, kw, stride)
+    out = None
+    for r, k in enumerate(ks):
+        for i in range(kh):
+            for j in range(kw):
+                term = _tap(xr, i, j, h, w, stride, r * c, (r + 1) * c) * k[i, j]
+                out = term if out is None else out + term
+    return out
+
+
+def _batch_chunks(n: int, most: int = 8) -> int:
+    """The largest divisor of ``n`` up to ``most``: how many batch slices one fused loop sums."""
+    return max(r for r in range(1, min(n, most) + 1) if n % r == 0)
+
+
+def depthwise_kernel_grads(xr: jnp.ndarray, dy: jnp.ndarray, kh: int, kw: int, stride: int):
+    """[m, kh, kw, C]: dk_r[i, j, q] = sum_{n, h, w} xr[n, s*h + i, s*w + j, r*C + q] dy[n, h, w, q]
+    for the padded ``xr`` of `padded_rotations`.
+
+    XLA:CPU does not fuse slices into reductions, so reducing each tap's product directly
+    materialises every shifted slice. Instead one loop fusion computes, for all taps at once,
+    partial sums over a few slices of the batch (elementwise, so the slices fuse), and one
+    contiguous reduction finishes the sum; the optimisation barrier keeps XLA from pulling the
+    products back into the reduction.
+    """
+    n, h, w, c = dy.shape
+    m = xr.shape[-1] // c
+    chunks = _batch_chunks(n)
+    dy5 = dy.reshape(chunks, n // chunks, h, w, c)
+    terms = []
+    for r in range(m):
+        for i in range(kh):
+            for j in range(kw):
+                patch = _tap(xr, i, j, h, w, stride, r * c, (r + 1) * c)
+                patch = patch.reshape(chunks, n // chunks, h, w, c)
+                part = patch[0] * dy5[0]
+                for b in range(1, chunks):
+                    part = part + patch[b] * dy5[b]
+                terms.append(part)
+    partial = jax.lax.optimization_barrier(jnp.stack(terms, axis=3))  # [n / chunks, h, w, T, C]
+    return partial.reshape(-1, len(terms) * c).sum(0).reshape(m, kh, kw, c)
+
+
+def _rotate(a: jnp.ndarray, r: int, m: int) -> jnp.ndarray:
+    """a[..., g*m + o] -> a[..., g*m + (o + r) % m] (channels rotated within groups of m)."""
+    if r % m == 0:
+        return a
+    return jnp.roll(a.reshape(*a.shape[:-1], -1, m), -r, axis=-1).reshape(a.shape)
+
+
+def _rotated_kernels(kernel: jnp.ndarray, groups: int) -> list:
+    """ks[r][i, j, g*m + o] = kernel[i, j, (o + r) % m, g*m + o] for r < m: [kh, kw, C] each."""
+    kh, kw, m, _ = kernel.shape
+    k5 = kernel.reshape(kh, kw, m, groups, m)  # [i, j, c, g, o]
+    return [
+        jnp.stack([k5[:, :, (o + r) % m, :, o] for o in range(m)], axis=-1).reshape(kh, kw, -1)
+        for r in range(m)
+    ]
+
+
+def _forward(x, kernel, stride, padding, groups):
+    m = kernel.shape[2]
+    xr = padded_rotations(x, m, ((padding, padding), (padding, padding)))
+    return depthwise_sum(xr, _rotated_kernels(kernel, groups), stride), xr
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _grouped_conv_rotated(x, kernel, stride, padding, groups):
+    return _forward(x, kernel, stride, padding, groups)[0]
+
+
+def _rotated_fwd(x, kernel, stride, padding, groups):
+    y, xr = _forward(x, kernel, stride, padding, groups)
+    return y, (xr, kernel, x.shape)
+
+
+def _rotated_bwd(stride, padding, groups, res, dy):
+    xr, kernel, x_shape = res
+    kh, kw, m, _ = kernel.shape
+    ks = _rotated_kernels(kernel, groups)
+    # Input gradient: a stride-1 depthwise conv of dy dilated by the stride (interior padding),
+    # padded by k - 1 - p in front and by whatever restores x's size behind, with the kernel
+    # flipped in space; term r reaches input channel g*m + (o + r) % m, i.e. it is rotated
+    # back by -r, which for a channelwise conv can be applied to dy and kernel alike.
+    pads = []
+    for size, k, out in ((x_shape[1], kh, dy.shape[1]), (x_shape[2], kw, dy.shape[2])):
+        lo = k - 1 - padding
+        pads.append((lo, size + k - 1 - lo - (stride * (out - 1) + 1)))
+    dyr = padded_rotations(dy, m, tuple(pads), interior=stride - 1, sign=-1)
+    dx = depthwise_sum(dyr, [_rotate(k[::-1, ::-1], -r, m) for r, k in enumerate(ks)], 1)
+    # Kernel gradient: dk[i, j, c, g*m + o] is term r = (c - o) % m's depthwise gradient.
+    dks = depthwise_kernel_grads(xr, dy, kh, kw, stride).reshape(m, kh, kw, groups, m)
+    dk = jnp.stack(
+        [jnp.stack([dks[(c - o) % m, :, :, :, o] for o in range(m)], axis=-1) for c in range(m)],
+        axis=2,
+    )  # [i, j, c, g, o]
+    return dx.astype(xr.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_grouped_conv_rotated.defvjp(_rotated_fwd, _rotated_bwd)
+
+
+def grouped_conv_broadcast(
+    x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int, groups: int
+) -> jnp.ndarray:
+    """Any grouped conv as one elementwise sum over taps and in-group channels (autodiff)."""
+    kh, kw, g_in, g_out = _check(x, kernel, groups)
+    xp = _pad_hw(x, ((padding, padding), (padding, padding)))
+    n, (h, w) = x.shape[0], _out_hw(xp, kh, kw, stride)
+    k = kernel.reshape(kh, kw, g_in, groups, g_out)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            patch = _tap(xp, i, j, h, w, stride).reshape(n, h, w, groups, g_in)
+            for c in range(g_in):
+                term = patch[..., c : c + 1] * k[i, j, c]  # [n, h, w, groups, g_out]
+                out = term if out is None else out + term
+    return out.reshape(n, h, w, groups * g_out)
+
+
+def grouped_conv_cpu(
+    x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int, groups: int
+) -> jnp.ndarray:
+    """``lax.conv_general_dilated(x, kernel, (stride, stride), ((padding,) * 2,) * 2,
+    feature_group_count=groups)`` for NHWC / HWIO, with fused forward and backward passes on
+    XLA:CPU for depthwise kernels and groups of m inputs and m outputs (module docstring);
+    other group shapes use `grouped_conv_broadcast`."""
+    _, _, g_in, g_out = _check(x, kernel, groups)
+    if g_in != g_out:
+        return grouped_conv_broadcast(x, kernel, stride, padding, groups)
+    return _grouped_conv_rotated(x, kernel, stride, padding, groups)
