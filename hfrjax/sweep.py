@@ -312,12 +312,10 @@ def _apply_override(config: Any, key: str, value: Any, where: str) -> None:
 
 
 def task_evaluator_names(config: Any, where: str = "stage") -> list[str]:
-    """The names of the evaluations a stage's task runs by itself (its `TaskSetup.evaluators`:
-    re-id on a benchmark, a hold-out set), so that a stage evaluated without ``eval.data_dir``
-    still has results. Asked of the task without building it: a task declares them with an
-    optional method ``evaluator_names(task_cfg) -> [name, ...]`` (what its ``setup`` would put
-    in ``evaluators`` for that config). [] for a config that names no ``task`` (a plain
-    config) or a task without that method."""
+    """The evaluations a stage's task runs by itself (`TaskSetup.evaluators`: re-id, a hold-out
+    set), so a stage evaluated without ``eval.data_dir`` still has results; declared, without
+    building the task, by its optional ``evaluator_names(task_cfg) -> [name, ...]``. [] for a
+    config naming no ``task`` or a task without that method."""
     task_name = config.get("task", None) if hasattr(config, "get") else None
     if not task_name:
         return []
