@@ -12,7 +12,9 @@ merit is the step-time ratio JAX / PyTorch (issue target: <= 1.2 on CPU).
 
 Both models are built first; then, after warm-up, JAX and PyTorch are timed in alternating
 rounds of --steps steps each (block_until_ready / synchronize), so that a machine whose load
-changes during the run slows both sides alike. Each side's best round gives its step time; the
+changes during the run slows both sides alike. ``--in_turn`` times JAX first and frees it
+before building PyTorch, for sizes where the two do not fit in memory together (use it on an
+idle machine: the rounds no longer alternate). Each side's best round gives its step time; the
 median round is reported too. ``--xla_flags`` is appended to XLA_FLAGS before jax is imported,
 to compare XLA:CPU options in the same conditions (e.g. ``--xla_cpu_use_onednn=true``).
 """
@@ -41,6 +43,12 @@ _CLASSES = flags.DEFINE_integer("num_classes", 1000, "classifier size")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _TORCH = flags.DEFINE_bool("torch", True, "also run PyTorch when importable")
 _JSON = flags.DEFINE_string("json", "", "write results here")
+_IN_TURN = flags.DEFINE_bool(
+    "in_turn",
+    False,
+    "time JAX first and free it before building PyTorch (same process), for sizes where both "
+    "do not fit in memory together (IR50 at batch 128 in 24 GiB); rounds no longer alternate",
+)
 _XLA_FLAGS = flags.DEFINE_string(
     "xla_flags", "", "appended to XLA_FLAGS before jax is imported (XLA:CPU option attempts)"
 )
@@ -59,6 +67,13 @@ def _cores() -> int:
 
 def _model_cfg(name: str) -> dict:
     return SMALL if name == "small" else dict(name=name, kwargs={})
+
+
+def _peak_rss_gib() -> float:
+    """The process's peak resident memory so far (Linux: ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _time_rounds(
@@ -210,16 +225,30 @@ def bench(model_name: str, batch: int) -> dict:
     """One row: both sides built, then timed in alternating rounds."""
     import statistics
 
-    row = {"model": model_name, "batch": batch, "dtype": _DTYPE.value}
+    row = {"model": model_name, "batch": batch, "dtype": _DTYPE.value, "in_turn": _IN_TURN.value}
     info, jax_side = build_jax(model_name, batch)
     row.update(info)
     sides = {"jax": jax_side}
+    times, cpu = {}, {}
+    if _IN_TURN.value:  # JAX alone, then its buffers are freed before PyTorch is built.
+        times, cpu = _time_rounds(sides, _STEPS.value, _ROUNDS.value, _WARMUP.value)
+        row["peak_rss_gib_after_jax"] = _peak_rss_gib()
+        del sides["jax"], jax_side
+        import gc
+
+        import jax
+
+        gc.collect()
+        jax.clear_caches()
     if _TORCH.value:
         built = build_torch(model_name, batch)
         if built is not None:
             row.update(built[0])
             sides["torch"] = built[1]
-    times, cpu = _time_rounds(sides, _STEPS.value, _ROUNDS.value, _WARMUP.value)
+    more_times, more_cpu = _time_rounds(sides, _STEPS.value, _ROUNDS.value, _WARMUP.value)
+    times.update(more_times)
+    cpu.update(more_cpu)
+    row["peak_rss_gib"] = _peak_rss_gib()
     for name, ts in times.items():
         row[f"{name}_step_s"] = min(ts)
         row[f"{name}_step_s_median"] = statistics.median(ts)
