@@ -545,3 +545,12 @@ def test_conv_network_trains_through_every_stage_and_evaluates(data, tmp_path):
     assert set(r.eval_results["mean"]) == set(HOLDOUT_METRICS)
     again = run.evaluate_workdir(tmp_path / "conv")
     assert again["mean"] == pytest.approx(r.eval_results["mean"])
+
+
+def test_sweep_sees_the_holdout_evaluator_without_eval_data_dir(tmp_path):
+    """A stage evaluated only on the hold-out set needs no eval.data_dir in a sweep."""
+    from hfrjax.sweep import task_evaluator_names
+
+    assert task_evaluator_names(tiny_config(tmp_path)) == []
+    with_holdout = tiny_config(tmp_path, **{"holdout.data_dir": str(tmp_path / "holdout")})
+    assert task_evaluator_names(with_holdout) == [evaluation.EVALUATOR] == ["holdout"]

@@ -178,6 +178,8 @@ def test_merge_results_by_fold_and_fold_less():
     alone = merge_results(None, {"holdout": {"acc": 0.9, "note": "x"}})
     assert alone["folds"] == [{"fold": None, "metrics": {"holdout/acc": 0.9}}]
     assert merge_results(protocol, {}) is protocol
+    reid_only = merge_results(None, {"reid": dict(reid, direction="ir->vis")})
+    assert reid_only["direction"] == "ir->vis"  # Sweep tables name the search direction.
 
 
 def test_eval_options_reach_the_protocol(tmp_path):

@@ -44,6 +44,8 @@ def merge_results(protocol: dict | None, tasks: dict[str, dict]) -> dict | None:
             "metrics": [],
             "folds": [{"fold": f["fold"], "metrics": {}} for f in first["folds"]],
         }
+        if first.get("direction"):  # A re-id-only run: its tables name the search direction.
+            protocol["direction"] = first["direction"]
     merged = dict(protocol, folds=[dict(f, metrics=dict(f["metrics"])) for f in protocol["folds"]])
     names = list(merged.get("metrics") or list(merged["folds"][0]["metrics"]))
     by_fold = {f["fold"]: f for f in merged["folds"]}

@@ -208,6 +208,10 @@ class Task(Protocol):
 
     def setup(self, config: Any, ctx: SetupContext) -> TaskSetup: ...
 
+    # Optional: ``evaluator_names(task_cfg) -> [name, ...]``, the `TaskSetup.evaluators` that
+    # ``setup`` would return for this config, declared without building anything (a sweep
+    # accepts an evaluated stage without ``eval.data_dir`` when its task names evaluators).
+
 
 # ------------------------------------------------------------------------------------------
 # Plans and hook schedules.

@@ -409,6 +409,10 @@ class FTLTask:
             on_restore=on_restore,
         )
 
+    def evaluator_names(self, cfg: FTLConfig) -> list[str]:
+        """The hold-out evaluator when ``holdout.data_dir`` is set (`holdout_evaluators`)."""
+        return [evaluation.EVALUATOR] if cfg.holdout.data_dir else []
+
     def _ftl_parts(
         self, cfg, ctx, network, dataset, records, class_ids, num_classes, regular, ur,
         feature_dim, pretrain, n_iter,
