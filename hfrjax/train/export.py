@@ -165,10 +165,16 @@ def _read_export(path: Path) -> tuple[dict, dict]:
     return meta, dict(tree)
 
 
-# The last checkpoints `load_weights` read, by (workdir, step, the step's mtime): fine-tuning
-# ten folds from one pretraining run reads its weights once. The arrays are jax arrays
-# (immutable), so sharing them is safe.
+# The last checkpoints `load_weights` read, by (workdir, step, the step's mtime), as host
+# arrays: fine-tuning ten folds from one pretraining run reads its weights once. Each caller
+# gets fresh device arrays (a train step donates its state's buffers).
 _RECENT_LOADS: dict[tuple, tuple[dict, dict]] = {}
+
+
+def _host_copy(a) -> np.ndarray:
+    out = np.array(a)
+    out.setflags(write=False)
+    return out
 
 
 def load_weights(path: str | os.PathLike, step: int | None = None) -> tuple[dict, dict]:
@@ -198,12 +204,12 @@ def load_weights(path: str | os.PathLike, step: int | None = None) -> tuple[dict
                     )
                 if len(_RECENT_LOADS) >= 2:
                     del _RECENT_LOADS[next(iter(_RECENT_LOADS))]
-                _RECENT_LOADS[key] = (spec["model"], select_variables(raw, spec["variables"]))
+                variables = select_variables(raw, spec["variables"])
+                _RECENT_LOADS[key] = (spec["model"], jax.tree.map(_host_copy, variables))
         finally:
             ck.close()
         model_cfg, variables = _RECENT_LOADS[key]
-        # Fresh containers (callers may edit them), the same immutable arrays.
-        return copy.deepcopy(model_cfg), jax.tree.map(lambda a: a, variables)
+        return copy.deepcopy(model_cfg), jax.tree.map(jnp.array, variables)
     raise FileNotFoundError(
         f"{path} is neither an exported embedder (model.json) nor a training workdir "
         "(checkpoints/)"
