@@ -4,7 +4,8 @@ Everything at once (data, pretraining, zero-shot and fine-tuned 10-fold evaluati
 
   python launch/quickstart.py --workdir /tmp/hfrjax_quickstart
 
-Or stage by stage, with W=/tmp/hfrjax_quickstart and the data from `hfrjax synth --out W/data`:
+Or stage by stage, with W=/tmp/hfrjax_quickstart and the data from
+`hfrjax synth --out W/data --image_size 64`:
 
   python launch/pretrain.py --config=configs/quickstart.py:pretrain --workdir=W/pretrain \
       --config.input.data_dir=W/data/source
@@ -12,9 +13,9 @@ Or stage by stage, with W=/tmp/hfrjax_quickstart and the data from `hfrjax synth
       --workdir=W/finetune/fold_1 --config.init_from=W/pretrain \
       --config.input.data_dir=W/data/target --config.input.fold=1
 
-Model: a small IResNet ([1, 1, 1, 1] blocks, width 16, 128-d) at 32x32 (the stored 112x112
-crops are resized on decode), CosFace margin (s = 64, m = 0.4, as the Rethinking paper's
-code), SGD. Fine-tuning follows the Rethinking paper's MEC recipe in miniature: the classifier
+Model: a small IResNet ([1, 1, 1, 1] blocks, width 16, 128-d) at 32x32 (the synthetic crops
+are rendered at 64x64 and resized on decode), CosFace margin (s = 64, m = 0.4, as the
+Rethinking paper's code), SGD. Fine-tuning follows the Rethinking paper's MEC recipe in miniature: the classifier
 rows are the normalised mean embeddings of each target-train identity, frozen; only the
 backbone trains, at a small learning rate.
 

@@ -1,6 +1,7 @@
 """The ``hfrjax`` command: data and deployment tools. Training lives in ``launch/``.
 
 hfrjax synth --out DIR [--preset quickstart|small|large|thermal_vis|longtail|...] [--seed 0]
+    [--image_size N]
 hfrjax info DIR          # what a dataset directory holds
 hfrjax convert rec REC --out DIR --shards N       # InsightFace train.rec/.idx (MS1M, ...)
 hfrjax convert nirvis --dataset casia-nirvis2|lamp-hq|oulu-casia|buaa --root DIR --out DIR
@@ -33,7 +34,13 @@ def _synth(args: argparse.Namespace) -> int:
     from hfrjax.data import synthetic
 
     t = time.perf_counter()
-    summary = synthetic.generate(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
+    summary = synthetic.generate(
+        args.out,
+        preset=args.preset,
+        seed=args.seed,
+        workers=args.workers,
+        image_size=args.image_size,
+    )
     print(json.dumps(summary, indent=1, default=str))
     print(f"wrote {args.out} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return 0
@@ -78,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="crop size in pixels (default: the preset's, 112 for the NIR-VIS sets)",
+    )
     s.set_defaults(fn=_synth)
     s = sub.add_parser("info", help="describe a dataset directory")
     s.add_argument("dir")
@@ -99,8 +112,16 @@ _CONVERTERS = (
     ("nirvis", "hfrjax.data.convert.nirvis", "CASIA NIR-VIS 2.0, LAMP-HQ, Oulu-CASIA, BUAA"),
     ("folder", "hfrjax.data.convert.folders", "root/<identity>/<modality>/* or a CSV list"),
     ("reid", "hfrjax.data.convert.reid", "SYSU-MM01 and RegDB (visible-infrared person re-id)"),
-    ("thermal", "hfrjax.data.convert.thermal", "ARL-VTF set lists, or a path,identity,modality,set CSV"),
-    ("ftl-subsets", "hfrjax.recipes.ftl.subsets", "FTL's UR training sets (Table 1 layout, per-class caps) from a converted dataset"),
+    (
+        "thermal",
+        "hfrjax.data.convert.thermal",
+        "ARL-VTF set lists, or a path,identity,modality,set CSV",
+    ),
+    (
+        "ftl-subsets",
+        "hfrjax.recipes.ftl.subsets",
+        "FTL's UR training sets (Table 1 layout, per-class caps) from a converted dataset",
+    ),
 )
 
 

@@ -389,3 +389,16 @@ def test_presets_have_the_documented_scale():
     assert synthetic.preset_config("quickstart", image_size=128).image_size == 128
     with pytest.raises(ValueError, match="unknown synthetic preset"):
         synthetic.preset_config("huge")
+
+
+def test_cli_synth_renders_at_the_requested_size(tmp_path, capsys):
+    from hfrjax.cli import main as cli_main
+
+    assert cli_main(["synth", "--out", str(tmp_path), "--preset", "tiny", "--image_size", "40",
+                     "--workers", "1"]) == 0  # fmt: skip
+    for name in ("source", "target"):
+        ds = dataset_lib.Dataset.open(tmp_path / name)
+        assert ds.info.image_size == (40, 40)
+        shard = tmp_path / name / ds.info.shards[0]
+        sample = tfrecord.decode_example(next(iter(tfrecord.iter_records(shard))))
+        assert Image.open(io.BytesIO(sample.image)).size == (40, 40)
