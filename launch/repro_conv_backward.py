@@ -3,10 +3,10 @@
   python launch/repro_conv_backward.py [--batch=32] [--layers=ir18|mfn|one] [--rounds=5]
       [--xla_flags="--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
 
-Needs only numpy, jax and torch (no project code), so it can be attached to an upstream
-report. For each convolution shape of a face-recognition trunk at 112x112 input (``ir18``:
-IResNet-18's 3x3 convs, stride 1 or 2; ``mfn``: MobileFaceNet's grouped / depthwise 3x3 convs;
-NHWC in JAX, NCHW in PyTorch, float32, no bias) it times
+Needs only numpy, jax and torch (hfrjax is optional: it adds the ``fused`` rows), so it can be
+attached to an upstream report. For each convolution shape of a face-recognition trunk at 112x112
+input (``ir18``: IResNet-18's 3x3 convs, stride 1 or 2; ``mfn``: MobileFaceNet's grouped /
+depthwise 3x3 convs; NHWC in JAX, NCHW in PyTorch, float32, no bias) it times
 
   fwd   y = conv(x, w)
   bwd   (y, dx, dw): forward, then the vjp with a random cotangent (input and kernel gradients)
@@ -14,9 +14,11 @@ NHWC in JAX, NCHW in PyTorch, float32, no bias) it times
 JAX and PyTorch run in the same process on the same cores (``taskset -c 0`` for one), in
 alternating rounds, so that a machine under changing load penalises both alike; the best round
 of each is reported with the ratio JAX / PyTorch. ``--xla_flags`` is put in XLA_FLAGS before
-jax is imported. Grouped convolutions are timed twice on the JAX side: as XLA convolutions
-(``feature_group_count``) and as a sum of shifted slices (``shifts``: one multiply-add per
-kernel tap, the formulation hfrjax uses for them on CPU).
+jax is imported. Grouped convolutions are timed several ways on the JAX side: as XLA
+convolutions (``feature_group_count``), as a sum of shifted slices (``shifts``: one multiply-add per
+kernel tap, autodiffed) and, when hfrjax is importable, as ``fused``
+(``hfrjax.models.depthwise_cpu.grouped_conv_cpu``: a custom vjp whose forward, input gradient
+and kernel gradient are each fused loops over shifted slices; what hfrjax uses on CPU).
 
 Finding (jax/jaxlib 0.10.2, x86_64): XLA:CPU hands 2-D float32 convolutions to YNNPACK by
 default, and YNNPACK's kernel-gradient convolution (a convolution whose "kernel" is the whole
@@ -114,6 +116,10 @@ def main() -> None:
     import numpy as np
     import torch
 
+    try:  # hfrjax's custom-vjp form, when the package is importable (optional).
+        from hfrjax.models.depthwise_cpu import grouped_conv_cpu as conv_fused
+    except ImportError:
+        conv_fused = None
     cores = len(os.sched_getaffinity(0))  # `taskset -c 0` -> 1; XLA:CPU sizes its pool alike.
     torch.set_num_threads(cores)
     rng = np.random.default_rng(0)
@@ -134,6 +140,8 @@ def main() -> None:
         w = rng.standard_normal((k, k, cin // groups, cout)) / np.sqrt(k * k * cin / groups)
         w = w.astype(np.float32)
         impls = {"conv": conv_lax} if groups == 1 else {"conv": conv_lax, "shifts": conv_shifts}
+        if groups > 1 and conv_fused is not None:
+            impls["fused"] = conv_fused
         xj, wj = jnp.asarray(x), jnp.asarray(w)
         ct = None
         cases = {}

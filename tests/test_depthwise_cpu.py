@@ -171,3 +171,25 @@ def test_mobilefacenet_train_step_fused_matches_other_impls(old):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(b).max())))
     # The stem_dw (2 channels per group) kernel gradient is not trivially zero.
     assert float(np.abs(g_f["stem_dw"]["conv"]["kernel"]).max()) > 1e-3
+
+
+def test_grouped_conv_cpu_bfloat16_keeps_dtype_and_accuracy():
+    """bfloat16 activations (mixed-precision training): outputs and gradients stay bfloat16, and
+    the kernel gradient (a sum of n * h * w = 2048 products) is accurate to bfloat16 rounding of
+    the inputs."""
+    rng = np.random.default_rng(2)
+    # Positive values: the sums grow to ~500, where a bfloat16 running sum would drop most of
+    # each ~0.25 product.
+    x = rng.uniform(size=(8, 16, 16, 4))
+    k = rng.normal(size=(3, 3, 1, 4))
+    y_ref = np_grouped_conv(x, k, 1, 1, 4)
+    dy = rng.uniform(size=y_ref.shape)
+    xb, kb, dyb = (jnp.asarray(a, jnp.bfloat16) for a in (x, k, dy))
+    # Reference on the bfloat16-rounded values, in float64.
+    x64, k64, dy64 = (np.asarray(a, np.float64) for a in (xb, kb, dyb))
+    _, dk_want = np_grouped_conv_grads(x64, k64, dy64, 1, 1, 4)
+    y, vjp = jax.vjp(jax.jit(lambda a, b: grouped_conv_cpu(a, b, 1, 1, 4)), xb, kb)
+    dx, dk = vjp(dyb)
+    assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
+    scale = np.abs(dk_want).max()
+    np.testing.assert_allclose(np.float64(dk), dk_want, rtol=0, atol=1e-2 * scale)

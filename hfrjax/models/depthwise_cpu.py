@@ -4,8 +4,9 @@ MobileFaceNet (Chen et al., "MobileFaceNets", §3.2, Table 1) is built from 3x3 
 and, in arcface_torch's variant, one grouped conv with 2 channels per group. XLA:CPU runs
 grouped convolutions (``feature_group_count``) slowly, above all their gradients; a sum of
 shifted slices is faster, but its autodiff materialises a full-size tensor per kernel tap. Here
-the forward pass, the input gradient and the kernel gradient are each written so that XLA fuses
-them into one elementwise loop over shifted slices (``jax.custom_vjp``):
+(``jax.custom_vjp``) the forward pass and the input gradient are each one fused elementwise loop
+over shifted slices of one padded copy of their input, and the kernel gradient is a few loops
+of batch-partial sums followed by one contiguous reduction:
 
   forward  y[n, h, w, q] = sum_{i, j} xpad[n, s*h + i, s*w + j, q] k[i, j, q]
   dx                     = the same sum over dy dilated by s and padded by kh - 1 - p, with the
@@ -94,21 +95,24 @@ def depthwise_kernel_grads(xr: jnp.ndarray, dy: jnp.ndarray, kh: int, kw: int, s
     for the padded ``xr`` of `padded_rotations`.
 
     XLA:CPU does not fuse slices into reductions, so reducing each tap's product directly
-    materialises every shifted slice. Instead one loop fusion computes, for all taps at once,
-    partial sums over a few slices of the batch (elementwise, so the slices fuse), and one
-    contiguous reduction finishes the sum; the optimisation barrier keeps XLA from pulling the
-    products back into the reduction.
+    materialises every shifted slice (and is then ~4x slower). Instead elementwise loops
+    compute each tap's partial sums over up to 8 slices of the batch (the slices fuse there),
+    stacked into one tensor 8 / (kh * kw) the size of the input, and one contiguous reduction
+    finishes the sum; the optimisation barrier keeps XLA from pulling the products back into
+    the reduction.
     """
     n, h, w, c = dy.shape
     m = xr.shape[-1] // c
     chunks = _batch_chunks(n)
-    dy5 = dy.reshape(chunks, n // chunks, h, w, c)
+    # Sums of n * h * w products: accumulated in float32 even for bfloat16 activations.
+    acc = jnp.promote_types(dy.dtype, jnp.float32)
+    dy5 = dy.reshape(chunks, n // chunks, h, w, c).astype(acc)
     terms = []
     for r in range(m):
         for i in range(kh):
             for j in range(kw):
                 patch = _tap(xr, i, j, h, w, stride, r * c, (r + 1) * c)
-                patch = patch.reshape(chunks, n // chunks, h, w, c)
+                patch = patch.reshape(chunks, n // chunks, h, w, c).astype(acc)
                 part = patch[0] * dy5[0]
                 for b in range(1, chunks):
                     part = part + patch[b] * dy5[b]
