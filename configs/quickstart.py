@@ -21,10 +21,10 @@ backbone trains, at a small learning rate.
 
 Expected result (2-core x86_64 CPU, seed 0, 10 folds, NIR->VIS, mean ± std %), in about
 3 minutes (launch/quickstart.py, everything included; stages in W/timing.json):
-  zero-shot (VIS pretraining):  TAR@FAR=1e-3 1.90 ± 0.80, TAR@FAR=1e-2 9.33 ± 2.29,
-                                Rank-1 10.70 ± 2.60
-  fine-tuned (MEC, frozen):     TAR@FAR=1e-3 8.97 ± 2.14, TAR@FAR=1e-2 32.47 ± 3.62,
-                                Rank-1 39.27 ± 5.11
+  zero-shot (VIS pretraining):  TAR@FAR=1e-3 1.43 ± 0.84, TAR@FAR=1e-2 7.20 ± 2.19,
+                                Rank-1 9.03 ± 3.30
+  fine-tuned (MEC, frozen):     TAR@FAR=1e-3 6.53 ± 1.89, TAR@FAR=1e-2 27.93 ± 4.40,
+                                Rank-1 34.77 ± 2.20
 """
 
 from hfrjax.tasks import default_config
