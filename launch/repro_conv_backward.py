@@ -1,6 +1,7 @@
 """Standalone reproducer: 2-D convolutions forward + backward, JAX (XLA:CPU) vs PyTorch.
 
   python launch/repro_conv_backward.py [--batch=32] [--layers=ir18|mfn|one] [--rounds=5]
+      [--grouped_impls=conv,shifts,fused]
       [--xla_flags="--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
 
 Needs only numpy, jax and torch (hfrjax is optional: it adds the ``fused`` rows), so it can be
@@ -107,6 +108,11 @@ def main() -> None:
     ap.add_argument("--layers", default="ir18", choices=sorted(SHAPES))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--xla_flags", default="")
+    ap.add_argument(
+        "--grouped_impls",
+        default="conv,shifts,fused",
+        help="JAX forms timed for grouped convs (comma-separated; 'conv' is very slow at batch 128)",
+    )
     args = ap.parse_args()
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
@@ -139,9 +145,11 @@ def main() -> None:
         x = rng.standard_normal((args.batch, h, h, cin), dtype=np.float32)
         w = rng.standard_normal((k, k, cin // groups, cout)) / np.sqrt(k * k * cin / groups)
         w = w.astype(np.float32)
-        impls = {"conv": conv_lax} if groups == 1 else {"conv": conv_lax, "shifts": conv_shifts}
-        if groups > 1 and conv_fused is not None:
-            impls["fused"] = conv_fused
+        impls = {"conv": conv_lax}
+        if groups > 1:
+            impls = {"conv": conv_lax, "shifts": conv_shifts, "fused": conv_fused}
+            wanted = args.grouped_impls.split(",")
+            impls = {k: f for k, f in impls.items() if k in wanted and f is not None}
         xj, wj = jnp.asarray(x), jnp.asarray(w)
         ct = None
         cases = {}
