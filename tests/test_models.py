@@ -509,6 +509,17 @@ def test_mobilefacenet_impls_share_parameters_and_outputs():
 
 
 @pytest.mark.slow  # About 40 s on 2 cores; CI runs it with -m slow.
+def _train_mode_sum_of_squares(model, batch_stats):
+    """loss(params, x): sum of squared train-mode embeddings (BN on batch statistics)."""
+
+    def loss(params, x):
+        variables = {"params": params, "batch_stats": batch_stats}
+        out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out**2)
+
+    return loss
+
+
 def test_iresnet_remat_keeps_parameters_outputs_and_gradients():
     kw = dict(layers=[1, 1, 1, 1], base_width=4, input_size=16, embedding_dim=8)
     plain, remat = get_model("iresnet", **kw), get_model("iresnet", remat=True, **kw)
@@ -516,17 +527,8 @@ def test_iresnet_remat_keeps_parameters_outputs_and_gradients():
     v = plain.init(jax.random.key(0), x, train=False)
     assert jax.tree.structure(v) == jax.tree.structure(remat.init(jax.random.key(0), x))
 
-    def loss(model, params):
-        out, _ = model.apply(
-            {"params": params, "batch_stats": v["batch_stats"]},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return jnp.sum(out**2)
-
-    g1 = jax.jit(jax.grad(lambda p: loss(plain, p)))(v["params"])
-    g2 = jax.jit(jax.grad(lambda p: loss(remat, p)))(v["params"])
+    g1 = jax.jit(jax.grad(_train_mode_sum_of_squares(plain, v["batch_stats"])))(v["params"], x)
+    g2 = jax.jit(jax.grad(_train_mode_sum_of_squares(remat, v["batch_stats"])))(v["params"], x)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -538,26 +540,17 @@ def test_iresnet_tiny_map_stride_path_keeps_outputs_and_gradients(monkeypatch):
 
     iresnet_lib = importlib.import_module("hfrjax.models.iresnet")
 
-    for size in (32,):  # Last stage 4x4 -> 2x2; TINY_MAP = 8 also sends stage 3 (8x8) there.
-        kw = dict(layers=[1, 1, 1, 1], base_width=4, input_size=size, embedding_dim=8)
-        model = get_model("iresnet", **kw)
-        x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, 3)), jnp.float32)
-        v = model.init(jax.random.key(0), x, train=False)
-
-        def loss(params, x):
-            out, _ = model.apply(
-                {"params": params, "batch_stats": v["batch_stats"]},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            return jnp.sum(out**2)
-
-        results = []
-        for tiny in (8, 0):  # 8: every map <= 8x8 takes the path; 0: none does.
-            monkeypatch.setattr(iresnet_lib, "TINY_MAP", tiny)
-            results.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v["params"], x))
-        (l1, g1), (l2, g2) = results
-        np.testing.assert_allclose(l1, l2, rtol=1e-5)
-        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Last stage 4x4 -> 2x2; TINY_MAP = 8 also sends stage 3 (8x8 -> 4x4) down the path.
+    kw = dict(layers=[1, 1, 1, 1], base_width=4, input_size=32, embedding_dim=8)
+    model = get_model("iresnet", **kw)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 3)), jnp.float32)
+    v = model.init(jax.random.key(0), x, train=False)
+    loss = _train_mode_sum_of_squares(model, v["batch_stats"])
+    results = []
+    for tiny in (8, 0):  # 8: every map <= 8x8 takes the path; 0: none does.
+        monkeypatch.setattr(iresnet_lib, "TINY_MAP", tiny)
+        results.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v["params"], x))
+    (l1, g1), (l2, g2) = results
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
