@@ -64,6 +64,7 @@ def np_grouped_conv_grads(x, k, dy, stride, padding, groups):
         ((8, 8), 8, 8, 3, 1, 1, 4),  # 2 channels per group (MobileFaceNet's stem_dw)
         ((7, 7), 8, 8, 3, 2, 1, 4),  # 2 per group, stride 2, odd
         ((6, 6), 8, 8, 3, 2, 0, 4),  # 2 per group, stride 2, no padding, even
+        ((7, 8), 9, 9, 3, 2, 1, 3),  # 3 per group (rotations by 1 and 2)
         ((7, 7), 6, 12, 3, 1, 1, 3),  # 2 in, 4 out per group
         ((5, 5), 6, 6, 5, 1, 0, 6),  # GDC: the kernel spans the whole map
     ],

@@ -67,8 +67,12 @@ def padded_rotations(a: jnp.ndarray, m: int, pads: Pads, interior: int = 0, sign
     sign * r (r = 0 .. m-1) side by side, materialised once, so that the fused loops below read
     contiguous channel ranges of one padded buffer (XLA:CPU would otherwise pad every operand
     separately, and does not vectorise the within-group gather of a rotation)."""
-    parts = [_pad_hw(_rotate(a, sign * r, m), pads, interior) for r in range(m)]
-    return jax.lax.optimization_barrier(parts[0] if m == 1 else jnp.concatenate(parts, axis=-1))
+    if m > 1:  # One stack over a new axis then the pad: XLA emits it as one loop (a concatenate
+        # of separately padded copies costs a pass per copy plus one for the concatenation).
+        a5 = a.reshape(*a.shape[:-1], -1, m)
+        a = jnp.stack([_roll_groups(a5, sign * r) for r in range(m)], axis=-3)
+        a = a.reshape(*a.shape[:-3], -1)
+    return jax.lax.optimization_barrier(_pad_hw(a, pads, interior))
 
 
 def depthwise_sum(xr: jnp.ndarray, ks: list, stride: int) -> jnp.ndarray:
@@ -121,11 +125,19 @@ def depthwise_kernel_grads(xr: jnp.ndarray, dy: jnp.ndarray, kh: int, kw: int, s
     return partial.reshape(-1, len(terms) * c).sum(0).reshape(m, kh, kw, c)
 
 
+def _roll_groups(a5: jnp.ndarray, r: int) -> jnp.ndarray:
+    """a5[..., g, o] -> a5[..., g, (o + r) % m] for a5 [..., groups, m]."""
+    m = a5.shape[-1]
+    if r % m == 0:
+        return a5
+    if m == 2:  # A reverse, which XLA fuses as plain index arithmetic.
+        return jnp.flip(a5, axis=-1)
+    return jnp.roll(a5, -r, axis=-1)
+
+
 def _rotate(a: jnp.ndarray, r: int, m: int) -> jnp.ndarray:
     """a[..., g*m + o] -> a[..., g*m + (o + r) % m] (channels rotated within groups of m)."""
-    if r % m == 0:
-        return a
-    return jnp.roll(a.reshape(*a.shape[:-1], -1, m), -r, axis=-1).reshape(a.shape)
+    return _roll_groups(a.reshape(*a.shape[:-1], -1, m), r).reshape(a.shape)
 
 
 def _rotated_kernels(kernel: jnp.ndarray, groups: int) -> list:
