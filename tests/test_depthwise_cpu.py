@@ -194,3 +194,13 @@ def test_grouped_conv_cpu_bfloat16_keeps_dtype_and_accuracy():
     assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
     scale = np.abs(dk_want).max()
     np.testing.assert_allclose(np.float64(dk), dk_want, rtol=0, atol=1e-2 * scale)
+
+
+def test_grouped_impl_auto_is_fused_on_cpu_and_unknown_names_fail():
+    from hfrjax.models.layers import resolve_grouped_impl
+
+    want = "fused" if jax.default_backend() == "cpu" else "conv"
+    assert resolve_grouped_impl("auto") == want
+    assert resolve_grouped_impl("conv") == "conv"
+    with pytest.raises(ValueError, match=r"grouped conv impl must be one of .* got 'fast'"):
+        resolve_grouped_impl("fast")

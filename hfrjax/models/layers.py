@@ -142,7 +142,8 @@ GROUPED_IMPLS = ("auto", "conv", "shifts", "fused")
 
 
 def resolve_grouped_impl(impl: str) -> str:
-    """ "auto" -> "fused" on CPU, "conv" elsewhere; a ValueError for an unknown name."""
+    """The impl that ``impl`` names: "auto" is "fused" on CPU and "conv" elsewhere (a
+    ValueError for an unknown name)."""
     if impl not in GROUPED_IMPLS:
         raise ValueError(f"grouped conv impl must be one of {GROUPED_IMPLS}, got {impl!r}")
     if impl == "auto":
@@ -154,9 +155,10 @@ class GroupedConv(nn.Module):
     """Grouped conv (no bias) with ``nn.Conv``'s parameter layout (HWIO "kernel").
 
     ``impl``: "conv" (``lax.conv_general_dilated``), "shifts" (`grouped_conv_shifts`, autodiff),
-    "fused" (`depthwise_cpu.grouped_conv_cpu`: one fused loop per pass, forward and backward),
-    or "auto" (fused on CPU, conv elsewhere). Same parameters either way, so checkpoints and
-    the PyTorch converters work with all of them.
+    "fused" (`depthwise_cpu.grouped_conv_cpu`: a custom vjp whose forward, input gradient and
+    kernel gradient are fused loops; the fastest on XLA:CPU), or "auto" (fused on CPU, conv
+    elsewhere). Same parameters either way, so checkpoints and the PyTorch converters work
+    with all of them.
     """
 
     features: int
