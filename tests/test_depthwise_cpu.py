@@ -60,6 +60,7 @@ def np_grouped_conv_grads(x, k, dy, stride, padding, groups):
         ((7, 9), 6, 6, 3, 2, 1, 6),  # depthwise, stride 2, odd sizes
         ((8, 6), 6, 6, 3, 2, 1, 6),  # depthwise, stride 2, even sizes
         ((8, 8), 6, 6, 3, 2, 0, 6),  # depthwise, stride 2, no padding
+        ((2, 3), 6, 6, 3, 2, 1, 6),  # stride 2 on a tiny map: some taps read only padding
         ((7, 7), 6, 6, 3, 1, 0, 6),  # depthwise, no padding
         ((8, 8), 8, 8, 3, 1, 1, 4),  # 2 channels per group (MobileFaceNet's stem_dw)
         ((7, 7), 8, 8, 3, 2, 1, 4),  # 2 per group, stride 2, odd
