@@ -372,7 +372,8 @@ class MobileNetV3(nn.Module):
     dropout: float = 0.2
     input_size: int | tuple[int, int] = 224
     in_channels: int = 3
-    depthwise_impl: str = "auto"  # "conv" | "shifts" | "auto": layers.GroupedConv.
+    # layers.GroupedConv: "conv" | "shifts" | "fused" | "auto" (fused on CPU, conv elsewhere).
+    depthwise_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
