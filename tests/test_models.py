@@ -554,3 +554,22 @@ def test_iresnet_tiny_map_stride_path_keeps_outputs_and_gradients(monkeypatch):
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_init_backbone_unoptimised_initialisers_match_the_optimised_build():
+    """state.init_backbone compiles initialisers at LLVM level 0 on CPU (they run once): the
+    values must equal the default build's to float rounding, and be deterministic."""
+    from hfrjax.train import state as state_lib
+
+    bb = get_model("iresnet", layers=(1, 1, 1, 1), base_width=4, embedding_dim=8, input_size=16)
+    params, stats = state_lib.init_backbone(bb, jax.random.key(3))
+    again, _ = state_lib.init_backbone(bb, jax.random.key(3))
+    x = jnp.zeros((2, 16, 16, 3))
+    ref = jax.jit(lambda r: bb.init({"params": r, "dropout": r}, x, train=False))(jax.random.key(3))
+    assert state_lib.init_compiler_options() == {"xla_backend_optimization_level": 0}
+    assert jax.tree.structure(params) == jax.tree.structure(ref["params"])
+    for a, b, c in zip(*(jax.tree.leaves(t) for t in (params, ref["params"], again))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(a, c)
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(ref["batch_stats"])):
+        np.testing.assert_array_equal(a, b)
