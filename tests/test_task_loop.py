@@ -94,3 +94,15 @@ def test_input_wait_fraction_is_logged_and_sees_a_slow_input(tmp_path, monkeypat
     assert len(waits) == 12 and all(0.0 <= w <= 1.0 for w in waits)
     # Windows holding a compilation (each step's first use), a hook or a save wait less.
     assert np.median(waits) > 0.6, waits
+
+
+def test_input_wait_overlapped_by_the_step_in_flight_is_not_counted(tmp_path, monkeypatch):
+    """The loop keeps one step in flight: a 20 ms input behind steps several times longer
+    never idles the device, so input_wait_fraction stays near 0 (counting every wait, as
+    before, gave 10-15 %)."""
+    monkeypatch.setenv("TOY_INPUT_SLEEP", "0.02")
+    monkeypatch.setenv("TOY_STEP_MATMULS", "40")  # About 250 ms of device work per step.
+    # Logging syncs: the first input of each 6-step window has no step to hide behind.
+    trainer.train(toy_config(steps=12, checkpoint_every=100, log_every=6), str(tmp_path))
+    waits = [m["input_wait_fraction"] for m in reporting.read_metrics(tmp_path)]
+    assert len(waits) == 2 and max(waits) < 0.035, waits

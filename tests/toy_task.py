@@ -56,8 +56,14 @@ class ToyTask:
             "adam": T.Optimizer(("b",), optax.adam(0.1)),
         }
 
+        matmuls = int(os.environ.get("TOY_STEP_MATMULS", 0))  # A slow step, for tests.
+
         def loss_fn(params, model_state, extra, batches, rng):
             b = batches["data"]
+            if matmuls:  # Device work that runs after the host has moved on (async dispatch).
+                m = jnp.full((768, 768), 1e-3) * b["x"][0, 0]
+                m = jax.lax.fori_loop(0, matmuls, lambda _, a: jnp.tanh(a @ a), m)
+                b = dict(b, x=b["x"] + 0.0 * m[0, 0])
             pred = b["x"] @ params["w"]["w"] + params["b"]["b"]
             loss = jnp.mean((pred - b["y"]) ** 2) + 1e-3 * jnp.sum(extra["centre"] ** 2)
             return loss, ({"mse": loss}, model_state, extra)

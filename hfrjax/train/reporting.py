@@ -22,7 +22,9 @@ class Progress:
     """Throughput, ETA and input wait over a window of steps; prints one line per report.
 
     ``input_wait`` is the fraction of the window's wall time the loop spent blocked on its
-    input iterators (`add_input_wait`): near 0 when the pipeline keeps ahead of the steps.
+    input iterators while no step was running (`add_input_wait`; the trainer counts a wait
+    only when the step in flight had finished by its end): the device's idle share, near 0
+    when the pipeline keeps ahead of the steps.
     """
 
     def __init__(

@@ -337,7 +337,10 @@ class _Runner:
                 spec = setup.steps[name]
                 t_in = time.perf_counter()
                 batches = self.inputs.next_for(spec.inputs)
-                progress.add_input_wait(time.perf_counter() - t_in)
+                if pending is None or _ready(pending[0]):
+                    # Only a wait that outlasted the step in flight left the device idle (an
+                    # upper bound on that idle time); one it overlapped cost nothing.
+                    progress.add_input_wait(time.perf_counter() - t_in)
                 state, metrics = self.steps[name](state, batches)
                 step += 1
                 if pending is not None:
@@ -464,3 +467,8 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
     return str(x)
+
+
+def _ready(tree: Any) -> bool:
+    """Whether every array of ``tree`` (a step's metrics) is computed."""
+    return all(getattr(a, "is_ready", lambda: True)() for a in jax.tree.leaves(tree))
