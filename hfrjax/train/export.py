@@ -17,6 +17,7 @@ if the kill fell between the two renames, and says so.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -165,16 +166,29 @@ def _read_export(path: Path) -> tuple[dict, dict]:
     return meta, dict(tree)
 
 
-# The last checkpoints `load_weights` read, by (workdir, step, the step's mtime), as host
-# arrays: fine-tuning ten folds from one pretraining run reads its weights once. Each caller
-# gets fresh device arrays (a train step donates its state's buffers).
-_RECENT_LOADS: dict[tuple, tuple[dict, dict]] = {}
-
-
 def _host_copy(a) -> np.ndarray:
     out = np.array(a)
     out.setflags(write=False)
     return out
+
+
+@functools.lru_cache(maxsize=2)
+def _read_checkpoint(workdir: str, step: int, mtime_ns: int | None) -> tuple[dict, dict]:
+    """(model config, variables as read-only host arrays) of a training checkpoint. Remembered
+    by (workdir, step, the step's mtime): fine-tuning ten folds from one pretraining run reads
+    its weights once."""
+    from hfrjax.train import checkpoint as ckpt_lib
+    from hfrjax.train.task import select_variables
+
+    ck = ckpt_lib.Checkpointer(Path(workdir) / "checkpoints", async_save=False)
+    try:
+        _, raw, meta = ck.restore_untyped(step)
+    finally:
+        ck.close()
+    spec = meta.get("export")
+    if not spec:
+        raise ValueError(f"checkpoint {workdir} step {step} records no export spec in its metadata")
+    return spec["model"], jax.tree.map(_host_copy, select_variables(raw, spec["variables"]))
 
 
 def load_weights(path: str | os.PathLike, step: int | None = None) -> tuple[dict, dict]:
@@ -186,33 +200,22 @@ def load_weights(path: str | os.PathLike, step: int | None = None) -> tuple[dict
         return meta["model"], variables
     if (p / "checkpoints").exists():
         from hfrjax.train import checkpoint as ckpt_lib
-        from hfrjax.train.task import select_variables
 
-        ck = ckpt_lib.Checkpointer(p / "checkpoints", async_save=False)
-        try:
-            step = ck.latest_readable_step() if step is None else step
+        if step is None:
+            ck = ckpt_lib.Checkpointer(p / "checkpoints", async_save=False)
+            try:
+                step = ck.latest_readable_step()
+            finally:
+                ck.close()
             if step is None:
                 raise FileNotFoundError(f"{p / 'checkpoints'} holds no readable checkpoint")
-            step_dir = p / "checkpoints" / str(step)
-            key = (str(p), step, step_dir.stat().st_mtime_ns if step_dir.exists() else None)
-            if key not in _RECENT_LOADS:
-                _, raw, meta = ck.restore_untyped(step)
-                spec = meta.get("export")
-                if not spec:
-                    raise ValueError(
-                        f"checkpoint {p} step {step} records no export spec in its metadata"
-                    )
-                if len(_RECENT_LOADS) >= 2:
-                    del _RECENT_LOADS[next(iter(_RECENT_LOADS))]
-                variables = select_variables(raw, spec["variables"])
-                _RECENT_LOADS[key] = (spec["model"], jax.tree.map(_host_copy, variables))
-        finally:
-            ck.close()
-        model_cfg, variables = _RECENT_LOADS[key]
+        step_dir = p / "checkpoints" / str(step)
+        mtime = step_dir.stat().st_mtime_ns if step_dir.exists() else None
+        model_cfg, variables = _read_checkpoint(str(p), step, mtime)
+        # The caller's own containers and device arrays: a train step donates its state.
         return copy.deepcopy(model_cfg), jax.tree.map(jnp.array, variables)
     raise FileNotFoundError(
-        f"{path} is neither an exported embedder (model.json) nor a training workdir "
-        "(checkpoints/)"
+        f"{path} is neither an exported embedder (model.json) nor a training workdir (checkpoints/)"
     )
 
 
